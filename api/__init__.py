@@ -1,0 +1,36 @@
+"""The intake API: `create_app()` builds it; blueprints own their routes."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from shared.config import Settings, get_settings
+from shared.logs import configure
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app for `settings` (default: from the environment and `.env`)."""
+    settings = settings or get_settings()
+    configure(settings.log_level)
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    # Werkzeug answers 413 itself once a body passes this size, before we parse it.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+
+    from api import broadcasts, errors, health
+
+    errors.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(broadcasts.bp)
+
+    if settings.sandbox_mode:
+        logging.getLogger("api").warning(
+            "%s (%s); API key %r accepted",
+            health.SANDBOX_NOTICE,
+            settings.sandbox_url,
+            "dev-key" if not settings.api_keys else "from API_KEYS",
+        )
+    return app

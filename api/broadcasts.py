@@ -1,0 +1,173 @@
+"""/v1/broadcasts: create a broadcast (202, idempotent) and read its progress."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+
+from flask import Blueprint, current_app, g, jsonify, request, url_for
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.auth import require_api_key
+from api.errors import ApiError
+from api.intake import parse_request, plan_broadcast, write_broadcast
+from shared.db import session_scope
+from shared.logs import log_event
+from shared.models import Batch, Broadcast, Recipient
+from shared.taskqueue import EnqueueError, enqueue_sms_batches
+
+bp = Blueprint("broadcasts", __name__, url_prefix="/v1/broadcasts")
+bp.before_request(require_api_key)
+log = logging.getLogger(__name__)
+
+BROKER_DOWN_WARNING = (
+    "the task broker is unavailable; the broadcast is saved and its batches stay pending "
+    "until the reconciler enqueues them"
+)
+
+
+def _settings():
+    return current_app.config["SETTINGS"]
+
+
+def _read_json() -> object:
+    if not request.is_json:
+        raise ApiError(
+            415, "unsupported_media_type", "body must be JSON (Content-Type: application/json)"
+        )
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {error}") from None
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 255):
+        raise ApiError(400, "invalid_request", "Idempotency-Key: must be 1-255 characters")
+    return key
+
+
+def _accepted(body: dict):
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = url_for("broadcasts.get_broadcast", broadcast_id=body["id"])
+    return response
+
+
+def _replay(session: Session, key: str, request_hash: str):
+    """The first answer for this Idempotency-Key, or 409 when the body differs."""
+    existing = session.scalar(
+        select(Broadcast).where(
+            Broadcast.api_key_id == g.api_key_id, Broadcast.idempotency_key == key
+        )
+    )
+    if existing is None:
+        return None
+    if existing.request_hash != request_hash:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "Idempotency-Key: already used for a different request body",
+            {"broadcast_id": str(existing.id)},
+        )
+    return _accepted(existing.intake_response)
+
+
+@bp.post("")
+def create_broadcast():
+    """Validate, persist in one transaction, then enqueue one task per batch."""
+    settings = _settings()
+    key = _idempotency_key()
+    payload = _read_json()
+    request_hash = hashlib.sha256(request.get_data(cache=True)).hexdigest()
+    url = settings.database_url
+    if key:
+        with session_scope(url) as session:
+            replay = _replay(session, key, request_hash)
+        if replay is not None:
+            return replay
+    broadcast_request = parse_request(payload, settings)
+    try:
+        with session_scope(url) as session:
+            plan = plan_broadcast(session, broadcast_request, settings)
+            broadcast_id, batch_ids, body = write_broadcast(
+                session, plan, settings, g.api_key_id, key, request_hash
+            )
+    except IntegrityError:
+        # Two identical requests raced on one Idempotency-Key: the other one won.
+        if not key:
+            raise
+        with session_scope(url) as session:
+            replay = _replay(session, key, request_hash)
+        if replay is None:
+            raise
+        return replay
+    log_event(
+        log,
+        "broadcast.accepted",
+        broadcast_id=broadcast_id,
+        recipients=body["counts"]["accepted"],
+        batches=len(batch_ids),
+        api_key_id=g.api_key_id,
+    )
+    if batch_ids:
+        try:
+            enqueue_sms_batches(settings.redis_url, broadcast_id, batch_ids)
+        except EnqueueError as error:
+            log_event(
+                log,
+                "broadcast.enqueue_failed",
+                logging.WARNING,
+                broadcast_id=broadcast_id,
+                error=type(error.__cause__).__name__,
+            )
+            body = {**body, "warnings": [BROKER_DOWN_WARNING]}
+            with session_scope(url) as session:
+                session.get(Broadcast, broadcast_id).intake_response = body
+    return _accepted(body)
+
+
+def _counts(session: Session, column, broadcast_id: uuid.UUID) -> dict[str, int]:
+    model = column.class_
+    rows = session.execute(
+        select(column, func.count()).where(model.broadcast_id == broadcast_id).group_by(column)
+    ).all()
+    return {status: count for status, count in rows}
+
+
+@bp.get("/<broadcast_id>")
+def get_broadcast(broadcast_id: str):
+    """Status, recipients by status, batches by status."""
+    try:
+        bid = uuid.UUID(broadcast_id)
+    except ValueError:
+        raise ApiError(404, "not_found", f"no broadcast {broadcast_id!r}") from None
+    with session_scope(_settings().database_url) as session:
+        broadcast = session.get(Broadcast, bid)
+        if broadcast is None:
+            raise ApiError(404, "not_found", f"no broadcast {broadcast_id!r}")
+        recipients = _counts(session, Recipient.status, bid)
+        batches = _counts(session, Batch.status, bid)
+    return jsonify(
+        {
+            "id": str(broadcast.id),
+            "kind": broadcast.kind,
+            "status": broadcast.status,
+            "status_reason": broadcast.status_reason,
+            "sender": broadcast.sender,
+            "encoding": broadcast.encoding,
+            "segments": broadcast.segments,
+            "counts": broadcast.counts,
+            "recipients": {"total": sum(recipients.values()), "by_status": recipients},
+            "batches": {"total": sum(batches.values()), "by_status": batches},
+            "created_at": broadcast.created_at.isoformat(),
+            "updated_at": broadcast.updated_at.isoformat(),
+            "finished_at": broadcast.finished_at.isoformat() if broadcast.finished_at else None,
+        }
+    )

@@ -1,0 +1,33 @@
+"""Celery settings for every process that uses the one app in shared.taskqueue."""
+
+from kombu import Queue
+
+from shared.config import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.redis_url
+broker_connection_retry_on_startup = True
+# Redis redelivers a task nobody acknowledged after this long; every countdown and
+# backoff the workers use stays well below it.
+broker_transport_options = {"visibility_timeout": 3600, "socket_connect_timeout": 3}
+
+# The database holds every outcome; results in Redis would only duplicate it.
+task_ignore_result = True
+task_serializer = "json"
+accept_content = ["json"]
+
+# A task is acknowledged only after it ran, and one killed mid-run is redelivered: the
+# conditional claim in the database turns a redelivered duplicate into a no-op.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+task_queues = [Queue(name) for name in ("sms", "mms", "webhooks", "maintenance")]
+task_default_queue = "maintenance"
+task_routes = {"send_sms_batch": {"queue": "sms"}}
+
+# Flower shows tasks from events.
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = True

@@ -1,0 +1,226 @@
+"""One Settings object for the API, the workers and the tools, read from env and `.env`."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The sandbox (sandbox/) accepts these by default; they are not secrets.
+SANDBOX_AUTH_ID = "MASANDBOX00000000000"
+SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
+SANDBOX_SENDER = "+14155550000"
+SANDBOX_API_KEY = "dev-key"
+
+# Plivo's own default account throughput; the sandbox has no such limit, so the demo
+# defaults to something that finishes in seconds.
+PLIVO_DEFAULT_SMS_MPS = 5.0
+SANDBOX_DEFAULT_SMS_MPS = 500.0
+
+_AUTH_ID = re.compile(r"^(MA|SA)[A-Z0-9]{18}$")
+_ALPHANUMERIC_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+class ConfigError(RuntimeError):
+    """The environment holds a value the service cannot run with; the message names it."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{name} must be an absolute http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    plivo_auth_id: str = ""
+    plivo_auth_token: SecretStr = SecretStr("")
+    plivo_sender: str = ""
+    plivo_api_base_url: str = "https://api.plivo.com"
+    plivo_timeout: float = Field(10.0, gt=0, le=120)
+    sandbox_url: str = "http://127.0.0.1:8020"
+
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    database_url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'bulksms.db'}"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    batch_size: int = Field(1000, ge=1, le=1000)
+    sms_mps: float | None = Field(None, gt=0)
+    mms_mps: float = Field(0.25, gt=0)
+    default_region: str | None = None
+    max_recipients: int = Field(100_000, ge=1, le=1_000_000)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+    flower_user: str = "admin"
+    flower_password: SecretStr = SecretStr("")
+    public_base_url: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_keys_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("plivo_auth_id")
+    @classmethod
+    def _auth_id_shape(cls, value: str) -> str:
+        if value and not _AUTH_ID.match(value):
+            raise ValueError("must be 20 characters starting with MA or SA")
+        return value
+
+    @field_validator("plivo_sender")
+    @classmethod
+    def _sender_shape(cls, value: str) -> str:
+        if value and not (_E164.match(value) or _ALPHANUMERIC_SENDER.match(value)):
+            raise ValueError("must be an E.164 number (+14155550100) or 1-11 letters/digits")
+        return value
+
+    @field_validator("plivo_api_base_url", "sandbox_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return _check_http_url("URL", value)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return _check_http_url("URL", value) if value else None
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        import phonenumbers
+
+        region = value.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a region code such as US or GB")
+        return region
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _credentials_together(self) -> Settings:
+        if bool(self.plivo_auth_id) != bool(self.plivo_auth_token.get_secret_value()):
+            raise ValueError(
+                "PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN must be set together "
+                "(leave both empty for sandbox mode)"
+            )
+        if not self.sandbox_mode and not self.api_keys:
+            raise ValueError("API_KEYS must list at least one key when Plivo credentials are set")
+        return self
+
+    @property
+    def sandbox_mode(self) -> bool:
+        """No Plivo credentials: every send goes to the local sandbox instead of Plivo."""
+        return not self.plivo_auth_id
+
+    @property
+    def plivo_credentials(self) -> tuple[str, str]:
+        if self.sandbox_mode:
+            return SANDBOX_AUTH_ID, SANDBOX_AUTH_TOKEN
+        return self.plivo_auth_id, self.plivo_auth_token.get_secret_value()
+
+    @property
+    def plivo_base_url(self) -> str:
+        return self.sandbox_url if self.sandbox_mode else self.plivo_api_base_url
+
+    @property
+    def default_sender(self) -> str:
+        return self.plivo_sender or (SANDBOX_SENDER if self.sandbox_mode else "")
+
+    @property
+    def effective_api_keys(self) -> list[str]:
+        return self.api_keys or ([SANDBOX_API_KEY] if self.sandbox_mode else [])
+
+    @property
+    def effective_sms_mps(self) -> float:
+        if self.sms_mps is not None:
+            return self.sms_mps
+        return SANDBOX_DEFAULT_SMS_MPS if self.sandbox_mode else PLIVO_DEFAULT_SMS_MPS
+
+    @property
+    def status_callback_url(self) -> str | None:
+        if not self.public_base_url:
+            return None
+        return f"{self.public_base_url}/webhooks/plivo/status"
+
+
+def describe_error(error: ValidationError) -> str:
+    """Name every bad variable the way the operator wrote it (upper-case env names)."""
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]).upper() or "configuration"
+        lines.append(f"{name}: {item['msg']}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning pydantic's error into a ConfigError that names the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(describe_error(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def main() -> int:
+    """`python -m shared.config`: check the configuration before starting anything."""
+    import sys
+
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    mode = "live Plivo account"
+    if settings.sandbox_mode:
+        mode = "SANDBOX MODE (no Plivo credentials; nothing reaches Plivo)"
+    print(f"configuration ok: {mode}; database={settings.database_url.split('://')[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

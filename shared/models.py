@@ -1,0 +1,163 @@
+"""The tables: broadcasts, their batches (one Plivo call each), recipients and opt-outs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BroadcastStatus:
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+
+    # A batch may only be claimed while its broadcast is in one of these.
+    SENDABLE = (QUEUED, SENDING)
+    FINAL = (CANCELLED, COMPLETED, COMPLETED_WITH_FAILURES)
+
+
+class BatchStatus:
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
+
+    FINAL = (SUBMITTED, FAILED, UNKNOWN, CANCELLED)
+
+
+class RecipientStatus:
+    PENDING = "pending"
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
+
+
+class Broadcast(Base):
+    __tablename__ = "broadcasts"
+    __table_args__ = (
+        # Idempotency keys are scoped to the API key that used them.
+        UniqueConstraint("api_key_id", "idempotency_key", name="uq_broadcasts_idempotency"),
+        Index("ix_broadcasts_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(8), default="sms")
+    sender: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str | None] = mapped_column(Text)
+    media: Mapped[dict | None] = mapped_column(JSON)
+    encoding: Mapped[str | None] = mapped_column(String(8))
+    segments: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(32), default=BroadcastStatus.QUEUED)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    # Intake counts (accepted, invalid, duplicates, skipped): fixed once the broadcast exists.
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    api_key_id: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # The 202 body as first sent, so a retried POST gets exactly the same answer.
+    intake_response: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    scheduled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("broadcast_id", "seq", name="uq_batches_broadcast_seq"),
+        Index("ix_batches_status_not_before", "status", "not_before"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    broadcast_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("broadcasts.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Fencing token written by each claim; later transitions of that attempt require it.
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    api_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Recipient(Base):
+    __tablename__ = "recipients"
+    __table_args__ = (
+        # The database itself refuses a second row for one number in one broadcast.
+        UniqueConstraint("broadcast_id", "phone", name="uq_recipients_broadcast_phone"),
+        Index("ix_recipients_batch_status", "batch_id", "status"),
+        Index("ix_recipients_broadcast_status", "broadcast_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    broadcast_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("broadcasts.id", ondelete="CASCADE")
+    )
+    batch_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("batches.id", ondelete="SET NULL")
+    )
+    phone: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=RecipientStatus.PENDING)
+    message_uuid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_reason: Mapped[str | None] = mapped_column(Text)
+    units: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OptOut(Base):
+    __tablename__ = "opt_outs"
+
+    phone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    source: Mapped[str] = mapped_column(String(32), default="api")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

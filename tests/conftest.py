@@ -1,0 +1,202 @@
+"""Fixtures: real Redis, real PostgreSQL and SQLite (migrated with Alembic), the sandbox over
+HTTP, and real Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import delete
+
+from sandbox.server import serve_in_thread
+from shared.config import Settings
+from shared.db import session_scope
+from shared.models import Batch, Broadcast, OptOut, Recipient
+from tests import services
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key"
+
+
+def migrate(database_url: str, revision: str = "head") -> None:
+    """Alembic upgrade, exactly as `make run` and deployments do it."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, revision)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    with services.redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory) -> Iterator[str]:
+    with services.postgres_server(tmp_path_factory.mktemp("postgres")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request, tmp_path_factory) -> str:
+    """Each test that uses the database runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'bulksms.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    migrate(url)
+    return url
+
+
+@pytest.fixture()
+def db(database_url) -> str:
+    """A migrated, empty database for this test."""
+    with session_scope(database_url) as session:
+        for model in (Recipient, Batch, Broadcast, OptOut):
+            session.execute(delete(model))
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[str]:
+    base_url, shutdown = serve_in_thread()
+    yield base_url
+    shutdown()
+
+
+@pytest.fixture()
+def sandbox(sandbox_server) -> str:
+    """The sandbox's base URL, with its counters and run-time config reset."""
+    requests.post(f"{sandbox_server}/stats/reset", timeout=5).raise_for_status()
+    requests.post(
+        f"{sandbox_server}/sandbox/config", json={"invalid_prefixes": []}, timeout=5
+    ).raise_for_status()
+    return sandbox_server
+
+
+def sandbox_stats(base_url: str) -> dict:
+    return requests.get(f"{base_url}/stats", timeout=5).json()
+
+
+def make_settings(**values) -> Settings:
+    """Settings from explicit values only (no `.env`, so a developer's file cannot leak in)."""
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture()
+def settings(db, redis_url, sandbox) -> Settings:
+    # Tasks left in the broker by an earlier test must not reach this test's worker.
+    redis.Redis.from_url(redis_url).flushdb()
+    return make_settings(
+        database_url=db,
+        redis_url=redis_url,
+        sandbox_url=sandbox,
+        api_keys=[API_KEY],
+        sms_mps=100_000,
+    )
+
+
+@pytest.fixture()
+def app(settings):
+    from api import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture()
+def client(app):
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = API_KEY
+    return client
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a worker process needs to see the same service as the test."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PLIVO_", "DATABASE_", "REDIS_", "SANDBOX_", "SMS_", "BATCH_"))
+    }
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        SANDBOX_URL=settings.sandbox_url,
+        SMS_MPS=str(settings.effective_sms_mps),
+        BATCH_SIZE=str(settings.batch_size),
+        API_KEYS=API_KEY,
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+class Worker:
+    """A real `celery worker` process, as `make run` starts it."""
+
+    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+                "-Q", "sms", "-c", str(concurrency), "--loglevel", "INFO",
+                "--without-mingle", "--without-gossip", "-n", f"test-{os.getpid()}@%h",
+            ],
+            cwd=ROOT,
+            env=settings_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "worker.ready" in self.log_path.read_text(errors="replace"):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"worker did not start:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture()
+def worker(settings, tmp_path) -> Iterator[Worker]:
+    started = Worker(settings, tmp_path / "worker.log")
+    try:
+        started.wait_ready()
+        yield started
+    finally:
+        started.stop()
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, message: str = ""):
+    """Poll until `predicate()` is truthy; return its value or fail with `message`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(message or f"condition not met within {timeout}s")

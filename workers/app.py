@@ -1,0 +1,30 @@
+"""`celery -A workers.app worker|beat|flower`: the one Celery app with every task registered."""
+
+import logging
+
+from celery.signals import worker_ready
+
+from shared.config import get_settings
+from shared.logs import log_event
+from shared.taskqueue import celery_app
+from workers import sending  # noqa: F401  (registers the send tasks)
+
+app = celery_app
+log = logging.getLogger("workers")
+
+
+@worker_ready.connect
+def _announce_mode(**_kwargs) -> None:
+    settings = get_settings()
+    if settings.sandbox_mode:
+        log.warning(
+            "SANDBOX MODE: no Plivo credentials configured; messages go to %s, nobody is texted",
+            settings.sandbox_url,
+        )
+    log_event(
+        log,
+        "worker.ready",
+        sms_mps=settings.effective_sms_mps,
+        batch_size=settings.batch_size,
+        sandbox=settings.sandbox_mode,
+    )

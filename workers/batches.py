@@ -1,0 +1,240 @@
+"""The batch state machine: claim, submit, record. The database decides; tasks only ask."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, bindparam, exists, func, select, text, update
+from sqlalchemy.orm import Session
+
+from shared.db import chunked, is_postgres
+from shared.models import (
+    Batch,
+    BatchStatus,
+    Broadcast,
+    BroadcastStatus,
+    OptOut,
+    Recipient,
+    RecipientStatus,
+    utcnow,
+)
+from shared.plivo_client import SendResult
+
+
+@dataclass
+class Job:
+    """What one attempt sends: read in one short transaction, used after it closed."""
+
+    broadcast_id: uuid.UUID
+    sender: str
+    text: str | None
+    recipients: dict[str, int]  # E.164 → recipient id
+
+
+def claim_batch(session: Session, batch_id: int, lease: timedelta) -> str | None:
+    """Take a pending batch of a sendable broadcast; None when someone else has it or it
+    is not due. One conditional UPDATE, so a duplicate task changes nothing."""
+    now = utcnow()
+    token = str(uuid.uuid4())
+    sendable = exists().where(
+        and_(
+            Broadcast.id == Batch.broadcast_id,
+            Broadcast.status.in_(BroadcastStatus.SENDABLE),
+        )
+    )
+    result = session.execute(
+        update(Batch)
+        .where(
+            Batch.id == batch_id,
+            Batch.status == BatchStatus.PENDING,
+            (Batch.not_before.is_(None)) | (Batch.not_before <= now),
+            sendable,
+        )
+        .values(
+            status=BatchStatus.CLAIMED,
+            claim_token=token,
+            lease_expires_at=now + lease,
+            attempts=Batch.attempts + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    broadcast_id = session.scalar(select(Batch.broadcast_id).where(Batch.id == batch_id))
+    session.execute(
+        update(Broadcast)
+        .where(Broadcast.id == broadcast_id, Broadcast.status == BroadcastStatus.QUEUED)
+        .values(status=BroadcastStatus.SENDING, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return token
+
+
+def _fenced(batch_id: int, token: str):
+    return update(Batch).where(Batch.id == batch_id, Batch.claim_token == token)
+
+
+def load_job(session: Session, batch_id: int) -> Job:
+    """The batch's pending recipients; anyone who opted out since intake is skipped now."""
+    batch = session.get(Batch, batch_id)
+    broadcast = session.get(Broadcast, batch.broadcast_id)
+    rows = session.execute(
+        select(Recipient.id, Recipient.phone).where(
+            Recipient.batch_id == batch_id, Recipient.status == RecipientStatus.PENDING
+        )
+    ).all()
+    recipients = {phone: rid for rid, phone in rows}
+    opted_out = {
+        phone
+        for chunk in chunked(list(recipients))
+        for phone in session.scalars(select(OptOut.phone).where(OptOut.phone.in_(chunk)))
+    }
+    if opted_out:
+        _set_status(
+            session,
+            [recipients.pop(phone) for phone in opted_out],
+            RecipientStatus.SKIPPED,
+            reason="opted out",
+        )
+    return Job(broadcast.id, broadcast.sender, broadcast.text, recipients)
+
+
+def mark_submitting(session: Session, batch_id: int, token: str) -> bool:
+    """Committed just before the Plivo call: a batch found here later is ambiguous."""
+    result = session.execute(
+        _fenced(batch_id, token)
+        .where(Batch.status == BatchStatus.CLAIMED)
+        .values(status=BatchStatus.SUBMITTING, updated_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+def record_submitted(
+    session: Session, batch_id: int, token: str, job: Job, result: SendResult
+) -> None:
+    """Plivo accepted the call: every recipient gets its uuid or `rejected`."""
+    now = utcnow()
+    session.execute(
+        _fenced(batch_id, token).values(
+            status=BatchStatus.SUBMITTED,
+            api_id=result.api_id,
+            submitted_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    )
+    pairs = [(job.recipients[number], uuid_) for number, uuid_ in result.uuids.items()]
+    _set_uuids(session, pairs, now)
+    rejected = [job.recipients[n] for n in result.invalid if n in job.recipients]
+    _set_status(session, rejected, RecipientStatus.REJECTED, reason="invalid number (Plivo)")
+
+
+def record_outcome(
+    session: Session,
+    batch_id: int,
+    token: str,
+    batch_status: str,
+    recipient_status: str | None,
+    error: str,
+) -> None:
+    """A failed attempt: the batch moves to `batch_status` with the error kept for operators;
+    its still-pending recipients move to `recipient_status` (None leaves them pending)."""
+    now = utcnow()
+    changed = session.execute(
+        _fenced(batch_id, token).values(
+            status=batch_status, last_error=error[:2000], lease_expires_at=None, updated_at=now
+        )
+    ).rowcount
+    if changed and recipient_status:
+        ids = session.scalars(
+            select(Recipient.id).where(
+                Recipient.batch_id == batch_id, Recipient.status == RecipientStatus.PENDING
+            )
+        ).all()
+        _set_status(session, list(ids), recipient_status, reason=error[:500])
+
+
+def pause_broadcast(session: Session, broadcast_id: uuid.UUID, reason: str) -> None:
+    session.execute(
+        update(Broadcast)
+        .where(Broadcast.id == broadcast_id, Broadcast.status.in_(BroadcastStatus.SENDABLE))
+        .values(status=BroadcastStatus.PAUSED, status_reason=reason[:500], updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def finish_broadcast_if_done(session: Session, broadcast_id: uuid.UUID) -> str | None:
+    """When no batch is left to send, the broadcast is completed (with failures if any)."""
+    open_batches = session.scalar(
+        select(func.count())
+        .select_from(Batch)
+        .where(Batch.broadcast_id == broadcast_id, Batch.status.not_in(BatchStatus.FINAL))
+    )
+    if open_batches:
+        return None
+    bad = session.scalar(
+        select(func.count())
+        .select_from(Recipient)
+        .where(
+            Recipient.broadcast_id == broadcast_id,
+            Recipient.status.in_(
+                (
+                    RecipientStatus.FAILED,
+                    RecipientStatus.REJECTED,
+                    RecipientStatus.UNDELIVERED,
+                    RecipientStatus.UNKNOWN,
+                )
+            ),
+        )
+    )
+    status = BroadcastStatus.COMPLETED_WITH_FAILURES if bad else BroadcastStatus.COMPLETED
+    now = utcnow()
+    session.execute(
+        update(Broadcast)
+        .where(Broadcast.id == broadcast_id, Broadcast.status.in_(BroadcastStatus.SENDABLE))
+        .values(status=status, finished_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return status
+
+
+def _set_status(session: Session, ids: list[int], status: str, reason: str | None) -> None:
+    now = utcnow()
+    for chunk in chunked(ids):
+        session.execute(
+            update(Recipient)
+            .where(Recipient.id.in_(chunk))
+            .values(status=status, error_reason=reason, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _set_uuids(session: Session, pairs: list[tuple[int, str]], now: datetime) -> None:
+    if not pairs:
+        return
+    if is_postgres(session):
+        # One statement for the whole batch; executemany would be 1000 round trips.
+        session.execute(
+            text(
+                "UPDATE recipients SET message_uuid = v.uuid, status = :status, "
+                "updated_at = :now FROM unnest(CAST(:ids AS bigint[]), CAST(:uuids AS text[])) "
+                "AS v(id, uuid) WHERE recipients.id = v.id"
+            ),
+            {
+                "ids": [rid for rid, _ in pairs],
+                "uuids": [u for _, u in pairs],
+                "status": RecipientStatus.QUEUED,
+                "now": now,
+            },
+        )
+        return
+    table = Recipient.__table__
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("rid"))
+        .values(message_uuid=bindparam("uuid"), status=RecipientStatus.QUEUED, updated_at=now),
+        [{"rid": rid, "uuid": u} for rid, u in pairs],
+    )
