@@ -66,10 +66,12 @@ class Service:
 
 def main() -> int:
     os.chdir(ROOT)  # the children read .env and write var/ relative to the project root
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up as they happen
     LOGS.mkdir(parents=True, exist_ok=True)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stop)
     started: list[Service] = []
+    failure = None
     try:
         settings = check_config()
         flower_password = flower_password_for(settings)
@@ -83,12 +85,15 @@ def main() -> int:
         print_banner(settings, services, flower_password)
         supervise(started)
     except Abort as error:
-        print(f"\nmake run: {error}", file=sys.stderr)
-        return 1
+        failure = str(error)
     except Stop as stop:
-        print(f"\n{stop}: stopping", file=sys.stderr)
+        print(f"\n{stop}: stopping")
     finally:
         stop_all(started)
+    if failure:
+        # Last, after the "stopping" lines, so the reason is what is left on the screen.
+        print(f"\nmake run: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 

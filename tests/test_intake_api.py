@@ -148,7 +148,9 @@ def test_it_skips_invalid_numbers_when_asked(client, settings):
     assert response.status_code == 202
     body = response.get_json()
     assert body["counts"]["invalid"] == 1
-    assert body["invalid"] == [{"index": 1, "value": "nope", "reason": body["invalid"][0]["reason"]}]
+    assert body["invalid"] == [
+        {"index": 1, "value": "nope", "reason": body["invalid"][0]["reason"]}
+    ]
     assert row_counts(settings.database_url)["recipients"] == 1
 
 
@@ -215,9 +217,7 @@ def test_it_requires_a_valid_api_key(app, settings, headers):
     assert row_counts(settings.database_url)["broadcasts"] == 0
 
 
-def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_broadcast(
-    client, settings
-):
+def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_broadcast(client, settings):
     payload = {"recipients": NUMBERS[:1200], "text": "Once only"}
     first = client.post("/v1/broadcasts", json=payload, headers={"Idempotency-Key": "k-1"})
     again = client.post("/v1/broadcasts", json=payload, headers={"Idempotency-Key": "k-1"})

@@ -1,0 +1,56 @@
+"""Alembic: upgrade from an empty database gives exactly the models' schema, on both."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from shared.db import get_engine
+from shared.models import Base
+from tests.conftest import ROOT, migrate
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    server = make_url(request.getfixturevalue("postgres_url"))
+    name = f"migrations_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(
+        server.set(drivername="postgresql+psycopg2"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+def test_upgrade_from_empty_matches_the_models(empty_database):
+    migrate(empty_database)
+
+    with get_engine(empty_database).connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        tables = set(inspect(connection).get_table_names())
+    assert differences == []
+    assert {"broadcasts", "batches", "recipients", "opt_outs", "alembic_version"} <= tables
+
+
+def test_downgrade_to_base_and_upgrade_again(empty_database):
+    migrate(empty_database)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = empty_database
+    config.attributes["configure_logger"] = False
+    command.downgrade(config, "base")
+
+    with get_engine(empty_database).connect() as connection:
+        assert set(inspect(connection).get_table_names()) <= {"alembic_version"}
+    migrate(empty_database)
+    with get_engine(empty_database).connect() as connection:
+        assert "recipients" in inspect(connection).get_table_names()
