@@ -10,7 +10,10 @@ broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
 # Redis redelivers a task nobody acknowledged after this long; every countdown and
 # backoff the workers use stays well below it.
-broker_transport_options = {"visibility_timeout": 3600, "socket_connect_timeout": 3}
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    "socket_connect_timeout": 3,
+}
 
 # The database holds every outcome; results in Redis would only duplicate it.
 task_ignore_result = True
@@ -25,7 +28,16 @@ worker_prefetch_multiplier = 1
 
 task_queues = [Queue(name) for name in ("sms", "mms", "webhooks", "maintenance")]
 task_default_queue = "maintenance"
-task_routes = {"send_sms_batch": {"queue": "sms"}}
+task_routes = {"send_sms_batch": {"queue": "sms"}, "reconcile": {"queue": "maintenance"}}
+
+beat_schedule = {
+    "reconcile": {
+        "task": "reconcile",
+        "schedule": _settings.reconcile_interval,
+        # A pass that could not start in time is pointless: the next one is coming.
+        "options": {"queue": "maintenance", "expires": _settings.reconcile_interval * 2},
+    }
+}
 
 # Flower shows tasks from events.
 worker_send_task_events = True

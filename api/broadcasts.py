@@ -8,7 +8,7 @@ import logging
 import uuid
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -130,6 +130,9 @@ def create_broadcast():
             body = {**body, "warnings": [BROKER_DOWN_WARNING]}
             with session_scope(url) as session:
                 session.get(Broadcast, broadcast_id).intake_response = body
+                session.execute(
+                    update(Batch).where(Batch.id.in_(batch_ids)).values(enqueued_at=None)
+                )
     return _accepted(body)
 
 

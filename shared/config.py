@@ -63,8 +63,22 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     batch_size: int = Field(1000, ge=1, le=1000)
-    sms_mps: float | None = Field(None, gt=0)
-    mms_mps: float = Field(0.25, gt=0)
+    # Messages per second; 0 means unlimited (the sandbox, benchmarks).
+    sms_mps: float | None = Field(None, ge=0)
+    mms_mps: float = Field(0.25, ge=0)
+    sender_mps: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    request_limit: int = Field(300, ge=1)
+    request_window: float = Field(5.0, gt=0)
+    pacing_max_sleep: float = Field(2.0, ge=0, le=30)
+    pacing_lead: float = Field(1.0, ge=0, le=30)
+    countdown_max: float = Field(300.0, gt=0)
+    lease_seconds: float = Field(60.0, gt=0)
+    requeue_after: float = Field(120.0, gt=0)
+    reconcile_interval: float = Field(2.0, gt=0, le=60)
+    max_retries: int = Field(5, ge=0, le=50)
+    retry_backoff: float = Field(2.0, gt=0)
+    retry_backoff_max: float = Field(300.0, gt=0)
+    visibility_timeout: int = Field(3600, ge=60)
     default_region: str | None = None
     max_recipients: int = Field(100_000, ge=1, le=1_000_000)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -78,6 +92,20 @@ class Settings(BaseSettings):
     @classmethod
     def _api_keys_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("sender_mps", mode="before")
+    @classmethod
+    def _sender_mps_pairs(cls, value: object) -> object:
+        # SENDER_MPS=+14155550000=1,MyBrand=10
+        if isinstance(value, str):
+            pairs = {}
+            for item in _split_csv(value):
+                sender, sep, mps = item.rpartition("=")
+                if not sep or not sender:
+                    raise ValueError(f"{item!r} is not SENDER=MPS")
+                pairs[sender] = mps
+            return pairs
+        return value
 
     @field_validator("plivo_auth_id")
     @classmethod
@@ -146,6 +174,15 @@ class Settings(BaseSettings):
             )
         if not self.sandbox_mode and not self.api_keys:
             raise ValueError("API_KEYS must list at least one key when Plivo credentials are set")
+        # Redis hands an unacknowledged task to another worker after the visibility
+        # timeout; a countdown or backoff longer than that would run the task twice.
+        for name in ("retry_backoff_max", "countdown_max"):
+            if getattr(self, name) >= self.visibility_timeout:
+                raise ValueError(f"{name.upper()} must be below VISIBILITY_TIMEOUT")
+        if self.pacing_lead > self.pacing_max_sleep:
+            raise ValueError("PACING_LEAD must not exceed PACING_MAX_SLEEP")
+        if self.lease_seconds <= self.plivo_timeout + self.pacing_max_sleep:
+            raise ValueError("LEASE_SECONDS must exceed PLIVO_TIMEOUT + PACING_MAX_SLEEP")
         return self
 
     @property

@@ -120,7 +120,11 @@ class Batch(Base):
     # Fencing token written by each claim; later transitions of that attempt require it.
     claim_token: Mapped[str | None] = mapped_column(String(36))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The batch's reserved slot on its sender's timeline (set once reserved, so a batch
+    # handed back never books capacity twice).
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When a task for it was last handed to the broker; NULL means "no task exists".
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     api_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(

@@ -15,6 +15,7 @@ MAINTENANCE_QUEUE = "maintenance"
 QUEUES = (SMS_QUEUE, MMS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
 
 SEND_SMS_BATCH = "send_sms_batch"
+RECONCILE = "reconcile"
 
 celery_app = Celery("bulksms")
 celery_app.config_from_object("celeryconfig")
@@ -24,8 +25,14 @@ class EnqueueError(RuntimeError):
     """The broker would not take the task; the batch stays `pending` in the database."""
 
 
-def enqueue_sms_batches(broker_url: str, broadcast_id: uuid.UUID, batch_ids: list[int]) -> None:
-    """One task per batch, ids only, over one broker connection. Call only after commit."""
+def enqueue_sms_batches(
+    broker_url: str,
+    broadcast_id: uuid.UUID,
+    batch_ids: list[int],
+    countdown: float | None = None,
+) -> None:
+    """One task per batch, ids only, over one broker connection. Call only after commit:
+    a task must never reach a worker before its rows exist."""
     try:
         with (
             celery_app.connection_for_write(broker_url) as connection,
@@ -37,9 +44,16 @@ def enqueue_sms_batches(broker_url: str, broadcast_id: uuid.UUID, batch_ids: lis
                     kwargs={"batch_id": batch_id, "broadcast_id": str(broadcast_id)},
                     queue=SMS_QUEUE,
                     producer=producer,
+                    countdown=countdown,
                     # Fail fast when Redis is down: the reconciler re-enqueues pending
                     # batches, so waiting here would only delay the client's 202.
                     retry=False,
                 )
     except (OperationalError, KombuError, OSError) as error:
         raise EnqueueError(str(error)) from error
+
+
+def enqueue_sms_batch(
+    broker_url: str, broadcast_id: uuid.UUID, batch_id: int, countdown: float | None = None
+) -> None:
+    enqueue_sms_batches(broker_url, broadcast_id, [batch_id], countdown)

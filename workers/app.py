@@ -7,7 +7,7 @@ from celery.signals import worker_ready
 from shared.config import get_settings
 from shared.logs import log_event
 from shared.taskqueue import celery_app
-from workers import sending  # noqa: F401  (registers the send tasks)
+from workers import reconciler, sending  # noqa: F401  (registers the tasks)
 
 app = celery_app
 log = logging.getLogger("workers")

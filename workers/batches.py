@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, bindparam, exists, func, select, text, update
 from sqlalchemy.orm import Session
@@ -31,6 +31,7 @@ class Job:
     sender: str
     text: str | None
     recipients: dict[str, int]  # E.164 → recipient id
+    slot: datetime | None = None  # reserved send time, when an earlier attempt booked one
 
 
 def claim_batch(session: Session, batch_id: int, lease: timedelta) -> str | None:
@@ -99,17 +100,63 @@ def load_job(session: Session, batch_id: int) -> Job:
             RecipientStatus.SKIPPED,
             reason="opted out",
         )
-    return Job(broadcast.id, broadcast.sender, broadcast.text, recipients)
+    slot = batch.not_before
+    if slot is not None and slot.tzinfo is None:
+        slot = slot.replace(tzinfo=UTC)  # SQLite hands back naive datetimes
+    return Job(broadcast.id, broadcast.sender, broadcast.text, recipients, slot)
 
 
-def mark_submitting(session: Session, batch_id: int, token: str) -> bool:
-    """Committed just before the Plivo call: a batch found here later is ambiguous."""
+def mark_submitting(session: Session, batch_id: int, token: str, lease: timedelta) -> bool:
+    """Committed just before the Plivo call: a batch found here after its lease is
+    ambiguous (the call may have reached Plivo) and is never re-sent automatically."""
+    now = utcnow()
     result = session.execute(
         _fenced(batch_id, token)
         .where(Batch.status == BatchStatus.CLAIMED)
-        .values(status=BatchStatus.SUBMITTING, updated_at=utcnow())
+        .values(status=BatchStatus.SUBMITTING, lease_expires_at=now + lease, updated_at=now)
     )
     return result.rowcount == 1
+
+
+def release(
+    session: Session,
+    batch_id: int,
+    token: str,
+    *,
+    not_before: datetime | None,
+    enqueued: bool,
+    error: str | None = None,
+) -> bool:
+    """Hand the batch back to `pending`: to wait for its slot, or after a failure that
+    proves nothing was sent. `enqueued` says whether the caller is about to enqueue a task
+    for it; if not, the reconciler will once it is due."""
+    now = utcnow()
+    values = {
+        "status": BatchStatus.PENDING,
+        "claim_token": None,
+        "lease_expires_at": None,
+        "not_before": not_before,
+        "enqueued_at": now if enqueued else None,
+        "updated_at": now,
+    }
+    if error is not None:
+        values["last_error"] = error[:2000]
+    result = session.execute(
+        _fenced(batch_id, token)
+        .where(Batch.status.in_((BatchStatus.CLAIMED, BatchStatus.SUBMITTING)))
+        .values(**values)
+    )
+    return result.rowcount == 1
+
+
+def mark_not_enqueued(session: Session, batch_ids: list[int]) -> None:
+    """The broker refused the task: let the reconciler try again on its next pass."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id.in_(batch_ids), Batch.status == BatchStatus.PENDING)
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def record_submitted(
@@ -117,8 +164,12 @@ def record_submitted(
 ) -> None:
     """Plivo accepted the call: every recipient gets its uuid or `rejected`."""
     now = utcnow()
+    # Also from `unknown`: if the reconciler gave up on this call but Plivo did answer,
+    # the answer is the truth.
     session.execute(
-        _fenced(batch_id, token).values(
+        _fenced(batch_id, token)
+        .where(Batch.status.in_((BatchStatus.SUBMITTING, BatchStatus.UNKNOWN)))
+        .values(
             status=BatchStatus.SUBMITTED,
             api_id=result.api_id,
             submitted_at=now,
@@ -132,23 +183,23 @@ def record_submitted(
     _set_status(session, rejected, RecipientStatus.REJECTED, reason="invalid number (Plivo)")
 
 
-def record_outcome(
+def record_failure(
     session: Session,
     batch_id: int,
     token: str,
     batch_status: str,
-    recipient_status: str | None,
+    recipient_status: str,
     error: str,
 ) -> None:
-    """A failed attempt: the batch moves to `batch_status` with the error kept for operators;
-    its still-pending recipients move to `recipient_status` (None leaves them pending)."""
+    """A final failed attempt (`failed` or `unknown`): the error is kept on the batch and on
+    each of its still-pending recipients, for operators to read and retry."""
     now = utcnow()
     changed = session.execute(
-        _fenced(batch_id, token).values(
-            status=batch_status, last_error=error[:2000], lease_expires_at=None, updated_at=now
-        )
+        _fenced(batch_id, token)
+        .where(Batch.status.in_((BatchStatus.CLAIMED, BatchStatus.SUBMITTING)))
+        .values(status=batch_status, last_error=error[:2000], lease_expires_at=None, updated_at=now)
     ).rowcount
-    if changed and recipient_status:
+    if changed:
         ids = session.scalars(
             select(Recipient.id).where(
                 Recipient.batch_id == batch_id, Recipient.status == RecipientStatus.PENDING

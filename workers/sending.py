@@ -1,87 +1,116 @@
-"""The send tasks: one batch, one Plivo call, every outcome written back to the database."""
+"""The send tasks: one batch, one paced Plivo call, every outcome written back to the database."""
 
 from __future__ import annotations
 
 import logging
-import random
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 
 from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.logs import log_event
 from shared.models import BatchStatus, RecipientStatus
-from shared.plivo_client import ErrorKind, PlivoError, client_for
-from shared.taskqueue import SEND_SMS_BATCH, SMS_QUEUE, celery_app
+from shared.plivo_client import ErrorKind, PlivoError, SendResult, client_for
+from shared.taskqueue import (
+    SEND_SMS_BATCH,
+    SMS_QUEUE,
+    EnqueueError,
+    celery_app,
+    enqueue_sms_batch,
+)
 from workers import batches
+from workers.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
 _settings = get_settings()
 
-MAX_TRANSIENT_RETRIES = 5
-BACKOFF_BASE_SECONDS = 2.0
-BACKOFF_CAP_SECONDS = 300.0
 
-
-def _per_worker_rate() -> str | None:
-    """Celery's rate_limit counts tasks per worker process; a batch carries up to
-    batch_size messages, so the guard is MPS / batch_size tasks a second."""
-    tasks_per_minute = _settings.effective_sms_mps * 60 / _settings.batch_size
+def per_worker_rate(settings: Settings) -> str | None:
+    """Celery's rate_limit counts tasks per worker process, so it cannot be the real limit
+    (N workers would send N times it); it stays as a coarse guard against a pacing bug, at
+    ten times the batch rate the MPS allows (a batch may run more than once while waiting)."""
+    if not settings.effective_sms_mps:
+        return None
+    tasks_per_minute = max(10 * settings.effective_sms_mps * 60 / settings.batch_size, 60)
     return f"{tasks_per_minute:.6g}/m"
 
 
-def backoff_seconds(attempt: int) -> float:
-    """Exponential backoff with full jitter, capped (and far below the visibility timeout)."""
-    return random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
-
-
 class RetryLater(Exception):
-    """A transient failure: the batch is pending again; run the task again after `countdown`."""
+    """A transient failure: nothing was sent and the batch is pending again."""
 
-    def __init__(self, countdown: float, error: PlivoError):
+    def __init__(self, error: PlivoError):
         super().__init__(str(error))
-        self.countdown = countdown
         self.error = error
 
 
-@celery_app.task(name=SEND_SMS_BATCH, bind=True, queue=SMS_QUEUE, rate_limit=_per_worker_rate())
+@celery_app.task(
+    name=SEND_SMS_BATCH,
+    bind=True,
+    queue=SMS_QUEUE,
+    rate_limit=per_worker_rate(_settings),
+    autoretry_for=(RetryLater,),
+    # Exponential backoff with full jitter, capped below the broker's visibility timeout.
+    retry_backoff=_settings.retry_backoff,
+    retry_backoff_max=int(_settings.retry_backoff_max),
+    retry_jitter=True,
+    # deliver_batch gives up (batch `failed`) first; this only bounds Celery's own count.
+    max_retries=_settings.max_retries + 1,
+)
 def send_sms_batch(self, batch_id: int, broadcast_id: str | None = None) -> dict:
-    """Claim batch `batch_id`, send it in one Plivo call, record uuids or the error."""
-    try:
-        return deliver_batch(get_settings(), batch_id, attempt=self.request.retries)
-    except RetryLater as later:
-        raise self.retry(countdown=later.countdown, exc=later.error) from None
+    """Claim batch `batch_id`, wait for its slot, send it in one Plivo call, record it."""
+    return deliver_batch(get_settings(), batch_id, attempt=self.request.retries)
+
+
+_pacers: dict[str, Pacer] = {}
+
+
+def _pacer(settings: Settings) -> Pacer:
+    pacer = _pacers.get(settings.redis_url)
+    if pacer is None:
+        pacer = _pacers[settings.redis_url] = Pacer.for_settings(settings)
+    return pacer
 
 
 def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
     """The whole life of one attempt at one batch; the task is a thin shell around it."""
     url = settings.database_url
-    lease = timedelta(seconds=settings.plivo_timeout * 3 + 60)
+    lease = timedelta(seconds=settings.lease_seconds)
     with session_scope(url) as session:
         token = batches.claim_batch(session, batch_id, lease)
     if token is None:
         log_event(log, "batch.not_claimed", batch_id=batch_id)
         return {"batch_id": batch_id, "outcome": "not_claimed"}
-
     with session_scope(url) as session:
         job = batches.load_job(session, batch_id)
-        if not batches.mark_submitting(session, batch_id, token):
+
+    if job.recipients:
+        wait = _wait_for_slot(settings, batch_id, token, job)
+        if wait is not None:
+            return {"batch_id": batch_id, "outcome": "deferred", "wait": round(wait, 3)}
+
+    with session_scope(url) as session:
+        if not batches.mark_submitting(session, batch_id, token, lease):
+            log_event(log, "batch.lost_claim", batch_id=batch_id)
             return {"batch_id": batch_id, "outcome": "lost_claim"}
     # The session is closed before the slow HTTP call so no connection or lock is held
     # while Plivo answers.
     if not job.recipients:
-        outcome = _finish(url, batch_id, token, job, None)
-        return {"batch_id": batch_id, "outcome": outcome}
-    try:
-        result = client_for(settings).send(
-            job.sender,
-            list(job.recipients),
-            job.text,
-            callback_url=settings.status_callback_url,
-        )
-    except PlivoError as error:
-        return _handle_error(attempt, url, batch_id, token, job, error)
-    outcome = _finish(url, batch_id, token, job, result)
+        result = SendResult(api_id="")
+    else:
+        try:
+            result = client_for(settings).send(
+                job.sender,
+                list(job.recipients),
+                job.text,
+                callback_url=settings.status_callback_url,
+            )
+        except PlivoError as error:
+            return _handle_error(settings, attempt, batch_id, token, job, error)
+    with session_scope(url) as session:
+        batches.record_submitted(session, batch_id, token, job, result)
+    with session_scope(url) as session:
+        batches.finish_broadcast_if_done(session, job.broadcast_id)
     log_event(
         log,
         "batch.submitted",
@@ -91,22 +120,47 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
         rejected=len(result.invalid),
         api_id=result.api_id,
     )
-    return {"batch_id": batch_id, "outcome": outcome, "accepted": len(result.uuids)}
+    return {"batch_id": batch_id, "outcome": "submitted", "accepted": len(result.uuids)}
 
 
-def _finish(url, batch_id, token, job, result) -> str:
-    with session_scope(url) as session:
-        if result is None:
-            batches.record_outcome(session, batch_id, token, BatchStatus.SUBMITTED, None, "")
-        else:
-            batches.record_submitted(session, batch_id, token, job, result)
-    with session_scope(url) as session:
-        batches.finish_broadcast_if_done(session, job.broadcast_id)
-    return "submitted"
+def _wait_for_slot(settings: Settings, batch_id: int, token: str, job) -> float | None:
+    """Sleep until the batch's slot when it is close; otherwise hand the batch back with its
+    slot kept and return the wait (a countdown task, or the reconciler once it is due)."""
+    pacer = _pacer(settings)
+    if job.slot is None:
+        reservation = pacer.reserve("sms", job.sender, len(job.recipients))
+        slot, wait = reservation.slot, reservation.delay
+    else:
+        slot = job.slot.timestamp()
+        wait = slot - pacer.server_time()
+    if wait <= settings.pacing_max_sleep:
+        time.sleep(max(wait, 0.0))
+        # The account's request limit is taken at send time: its waits are short.
+        time.sleep(pacer.acquire_request())
+        return None
+    countdown = wait - settings.pacing_lead
+    by_task = countdown <= settings.countdown_max
+    with session_scope(settings.database_url) as session:
+        released = batches.release(
+            session,
+            batch_id,
+            token,
+            not_before=datetime.fromtimestamp(slot, UTC),
+            enqueued=by_task,
+        )
+    if released and by_task:
+        try:
+            enqueue_sms_batch(settings.redis_url, job.broadcast_id, batch_id, countdown=countdown)
+        except EnqueueError:
+            with session_scope(settings.database_url) as session:
+                batches.mark_not_enqueued(session, [batch_id])
+    log_event(log, "batch.deferred", batch_id=batch_id, wait=round(wait, 3), by_task=by_task)
+    return wait
 
 
-def _handle_error(attempt, url, batch_id, token, job, error: PlivoError) -> dict:
+def _handle_error(settings, attempt, batch_id, token, job, error: PlivoError) -> dict:
     """Every failure leaves a visible state and reason; nothing is dropped silently."""
+    url = settings.database_url
     reason = str(error)
     log_event(
         log,
@@ -116,16 +170,18 @@ def _handle_error(attempt, url, batch_id, token, job, error: PlivoError) -> dict
         broadcast_id=job.broadcast_id,
         kind=error.kind,
         status=error.status,
+        attempt=attempt,
     )
-    if error.kind is ErrorKind.TRANSIENT and attempt < MAX_TRANSIENT_RETRIES:
-        # Nothing reached Plivo: hand the batch back, then let the retried task claim it.
+    if error.kind is ErrorKind.TRANSIENT and attempt < settings.max_retries:
+        # Nothing reached Plivo: hand the batch back (its slot is spent, so it books a new
+        # one) and let Celery retry with backoff.
         with session_scope(url) as session:
-            batches.record_outcome(session, batch_id, token, BatchStatus.PENDING, None, reason)
-        raise RetryLater(backoff_seconds(attempt), error)
+            batches.release(session, batch_id, token, not_before=None, enqueued=True, error=reason)
+        raise RetryLater(error)
     if error.kind is ErrorKind.ACCOUNT:
         # Sending more would only burn the rest: pause the broadcast, keep the batch.
         with session_scope(url) as session:
-            batches.record_outcome(session, batch_id, token, BatchStatus.PENDING, None, reason)
+            batches.release(session, batch_id, token, not_before=None, enqueued=False, error=reason)
             batches.pause_broadcast(session, job.broadcast_id, reason)
         return {"batch_id": batch_id, "outcome": "paused"}
     if error.kind is ErrorKind.AMBIGUOUS:
@@ -133,7 +189,7 @@ def _handle_error(attempt, url, batch_id, token, job, error: PlivoError) -> dict
     else:
         batch_status, recipient_status = BatchStatus.FAILED, RecipientStatus.FAILED
     with session_scope(url) as session:
-        batches.record_outcome(session, batch_id, token, batch_status, recipient_status, reason)
+        batches.record_failure(session, batch_id, token, batch_status, recipient_status, reason)
     with session_scope(url) as session:
         batches.finish_broadcast_if_done(session, job.broadcast_id)
     return {"batch_id": batch_id, "outcome": batch_status}

@@ -1,0 +1,251 @@
+"""Intake benchmark: POST /v1/broadcasts through the real Flask app, timed from request to 202.
+
+    .venv/bin/python bench/intake.py [--runs 5] [--sizes 10000,100000] [--only postgresql]
+
+For SQLite (a temp file) and PostgreSQL (a throwaway server from tests/services.py), each
+migrated with Alembic, it posts broadcasts of N distinct E.164 numbers with real Redis as the
+broker: JSON parse, validation, opt-out lookup, the bulk transaction and the enqueueing are
+all inside the timing. Each case gets one unmeasured warm-up, then --runs measured POSTs.
+
+BENCH_REDIS_URL / BENCH_DATABASE_URL use servers of your own instead; give scratch ones: the
+benchmark migrates the database, writes broadcasts into it and deletes the `sms` queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from itertools import islice
+from pathlib import Path
+from unittest import mock
+
+# `python bench/intake.py` puts bench/ on sys.path, not the project root.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+
+from api import create_app  # noqa: E402
+from shared.config import Settings  # noqa: E402
+from shared.db import get_engine  # noqa: E402
+from shared.phone import normalise  # noqa: E402
+from shared.taskqueue import SMS_QUEUE  # noqa: E402
+from tests import services  # noqa: E402
+
+API_KEY = "bench-key"
+TARGET = ("postgresql", 100_000, 2.0)  # database, recipients, median seconds
+# Functions timed inside every POST, in call order; "commit" comes from the session wrapper.
+STAGES = [
+    ("api.broadcasts", "_read_json", "read body + json.loads"),
+    ("api.broadcasts", "parse_request", "pydantic validation"),
+    ("api.intake", "normalise_all", "normalise + dedupe"),
+    ("api.intake", "opted_out", "opt-out lookup"),
+    ("api.broadcasts", "write_broadcast", "write broadcast/batches/recipients"),
+    ("api.intake", "_insert_recipients", "  of which recipients COPY/executemany"),
+    (None, None, "commit"),
+    ("api.broadcasts", "enqueue_sms_batches", "enqueue batch tasks to Redis"),
+]
+
+
+def migrate(database_url: str) -> None:
+    """Alembic upgrade to head, as tests/conftest.py and deployments do it."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+
+
+def phone_numbers(exclude: str) -> Iterator[str]:
+    """Distinct canonical numbers, +14150000000 upwards, never the sender's own."""
+    for n in range(10**7):
+        number = f"+1415{n:07d}"
+        if number != exclude:
+            yield number
+
+
+@contextmanager
+def timed_stages(times: dict[str, float]) -> Iterator[None]:
+    """Patch the intake's steps so each POST adds its time per step to `times`."""
+
+    def timed(label, function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                times[label] += time.perf_counter() - start
+
+        return wrapper
+
+    import api.broadcasts
+
+    original_scope = api.broadcasts.session_scope
+
+    @contextmanager
+    def session_scope(url):
+        with original_scope(url) as session:
+            yield session
+            start = time.perf_counter()
+        times["commit"] += time.perf_counter() - start  # the original commits on exit
+
+    with ExitStack() as stack:
+        for module, name, label in STAGES:
+            if module:
+                target = sys.modules[module]
+                wrapped = timed(label, getattr(target, name))
+                stack.enter_context(mock.patch.object(target, name, wrapped))
+        stack.enter_context(mock.patch.object(api.broadcasts, "session_scope", session_scope))
+        yield
+
+
+def post(client, body: bytes, size: int, broker: redis.Redis) -> float:
+    """One POST; returns its wall time after checking the 202, the counts and the queue."""
+    start = time.perf_counter()
+    response = client.post("/v1/broadcasts", data=body, content_type="application/json")
+    elapsed = time.perf_counter() - start
+    assert response.status_code == 202, (response.status_code, response.get_data(as_text=True))
+    result = response.get_json()
+    expected = {"accepted": size, "invalid": 0, "duplicates": 0, "skipped": 0}
+    assert result["counts"] == expected, result["counts"]
+    batches = math.ceil(size / 1000)
+    assert result["batches"] == batches, result["batches"]
+    assert broker.llen(SMS_QUEUE) == batches, broker.llen(SMS_QUEUE)
+    broker.delete(SMS_QUEUE)  # so the queue does not grow between runs
+    return elapsed
+
+
+def bench_database(name, database_url, redis_url, sizes, runs):
+    """Times per size, and the median time per stage for the largest size."""
+    migrate(database_url)
+    settings = Settings(
+        _env_file=None,
+        database_url=database_url,
+        redis_url=redis_url,
+        api_keys=[API_KEY],
+        log_level="WARNING",  # no broadcast.accepted line per POST
+    )
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_X_API_KEY"] = API_KEY
+    broker = redis.Redis.from_url(redis_url)
+    broker.delete(SMS_QUEUE)
+    numbers = phone_numbers(exclude=settings.default_sender)
+    results, stage_runs = {}, []
+    for size in sizes:
+        times = []
+        for run in range(runs + 1):  # run 0 is the warm-up
+            recipients = list(islice(numbers, size))
+            body = json.dumps({"recipients": recipients, "text": "Hello"}).encode()
+            stages = defaultdict(float)
+            with timed_stages(stages):
+                elapsed = post(client, body, size, broker)
+            if run:
+                times.append(elapsed)
+                if size == max(sizes):
+                    stage_runs.append({**stages, "total": elapsed})
+            print(f"  {name} {size:>7,} {'warm-up' if not run else f'run {run}'}: {elapsed:.3f}s")
+        results[size] = times
+    get_engine(database_url).dispose()
+    return results, stage_runs
+
+
+def cpu_reference(size: int, runs: int) -> dict[str, float]:
+    """Median seconds for the CPU-only steps on their own, with no app around them."""
+    recipients = [f"+1415{n:07d}" for n in range(size)]
+    body = json.dumps({"recipients": recipients, "text": "Hello"}).encode()
+    steps = {
+        f"json.loads of the {len(body) / 1e6:.1f} MB body": lambda: json.loads(body),
+        f"shared.phone.normalise x {size:,}": lambda: [normalise(r) for r in recipients],
+    }
+    medians = {}
+    for label, step in steps.items():
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            step()
+            samples.append(time.perf_counter() - start)
+        medians[label] = statistics.median(samples)
+    return medians
+
+
+def print_report(all_results, all_stages, reference, sizes, runs) -> None:
+    print(f"\nPOST /v1/broadcasts, request to 202 ({runs} measured runs each, after 1 warm-up)\n")
+    header = f"{'database':<11} {'recipients':>10} {'median s':>9} {'min s':>7} {'max s':>7}"
+    print(f"{header} {'recipients/s':>13}")
+    for name, results in all_results.items():
+        for size, times in results.items():
+            median = statistics.median(times)
+            print(
+                f"{name:<11} {size:>10,} {median:>9.3f} {min(times):>7.3f} {max(times):>7.3f} "
+                f"{size / median:>13,.0f}"
+            )
+    for name, stage_runs in all_stages.items():
+        total = statistics.median(run["total"] for run in stage_runs)
+        print(f"\nwhere the time goes, {name}, {max(sizes):,} recipients (median per step):")
+        rows = [
+            (label, statistics.median(run.get(label, 0.0) for run in stage_runs))
+            for *_, label in STAGES
+        ]
+        other = total - sum(seconds for label, seconds in rows if not label.startswith(" "))
+        rows += [("other (auth, sha256, Flask, response)", other), ("total", total)]
+        for label, seconds in rows:
+            print(f"  {label:<40} {seconds * 1000:>7.1f} ms {seconds / total:>5.0%}")
+    print(f"\nCPU-only reference, outside the app (median of {runs}):")
+    for label, seconds in reference.items():
+        print(f"  {label:<40} {seconds * 1000:>7.1f} ms")
+    database, size, limit = TARGET
+    times = all_results.get(database, {}).get(size)
+    print(f"\ntarget: {size:,} recipients accepted in under {limit:g} s on {database} (median)")
+    if times is None:
+        print("  not measured (run with the default --sizes and without --only sqlite)")
+    else:
+        median = statistics.median(times)
+        print(f"  {'PASS' if median < limit else 'FAIL'}: median {median:.3f}s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="measured runs per case (default 5)")
+    parser.add_argument("--sizes", default="10000,100000", help="recipient counts, comma-separated")
+    parser.add_argument("--only", choices=["sqlite", "postgresql"], help="one database only")
+    args = parser.parse_args()
+    sizes = sorted(int(size) for size in args.sizes.split(","))
+    databases = [args.only] if args.only else ["sqlite", "postgresql"]
+
+    all_results, all_stages = {}, {}
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-intake-")))
+        redis_url = os.environ.get("BENCH_REDIS_URL") or stack.enter_context(
+            services.redis_server(tmp)
+        )
+        for name in databases:
+            if name == "sqlite":
+                server = nullcontext(f"sqlite:///{tmp / 'bench.db'}")
+            elif url := os.environ.get("BENCH_DATABASE_URL"):
+                server = nullcontext(url)
+            else:
+                server = services.postgres_server(tmp)
+            with server as database_url:
+                print(f"{name}: {database_url}")
+                all_results[name], all_stages[name] = bench_database(
+                    name, database_url, redis_url, sizes, args.runs
+                )
+    reference = cpu_reference(max(sizes), args.runs)
+    print_report(all_results, all_stages, reference, sizes, args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""The reconciler, run by Celery beat every few seconds. The database is the source of truth
+and the broker only transport: whatever a crash, a lost message or a Redis restart left
+behind, this puts back on its way, without ever sending anything twice."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.config import Settings, get_settings
+from shared.db import session_scope
+from shared.logs import log_event
+from shared.models import Batch, BatchStatus, Broadcast, BroadcastStatus, RecipientStatus, utcnow
+from shared.taskqueue import MAINTENANCE_QUEUE, RECONCILE, EnqueueError, celery_app
+from shared.taskqueue import enqueue_sms_batches as enqueue
+from workers import batches
+
+log = logging.getLogger(__name__)
+
+DISPATCH_LIMIT = 1000
+AMBIGUOUS_REASON = (
+    "the worker stopped during the Plivo call: the messages may or may not have been sent"
+)
+
+
+def release_expired_claims(session: Session) -> int:
+    """A worker that claimed a batch and vanished before calling Plivo sent nothing: the
+    batch is pending again. Clearing the token fences the old worker out."""
+    now = utcnow()
+    return session.execute(
+        update(Batch)
+        .where(Batch.status == BatchStatus.CLAIMED, Batch.lease_expires_at < now)
+        .values(
+            status=BatchStatus.PENDING,
+            claim_token=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
+def expire_stale_submissions(session: Session) -> int:
+    """A batch still `submitting` after its lease may have reached Plivo: `unknown`, never
+    re-sent automatically."""
+    now = utcnow()
+    stale = session.execute(
+        select(Batch.id, Batch.claim_token).where(
+            Batch.status == BatchStatus.SUBMITTING, Batch.lease_expires_at < now
+        )
+    ).all()
+    for batch_id, token in stale:
+        batches.record_failure(
+            session, batch_id, token, BatchStatus.UNKNOWN, RecipientStatus.UNKNOWN, AMBIGUOUS_REASON
+        )
+    return len(stale)
+
+
+def claim_due_batches(session: Session, settings: Settings) -> dict[uuid.UUID, list[int]]:
+    """Pending batches of sendable broadcasts that are due and have no live task: never
+    enqueued (broker down at intake, a long pacing wait) or enqueued so long ago that the
+    task must have been lost. Marks them enqueued; the caller enqueues after commit."""
+    now = utcnow()
+    due = now + timedelta(seconds=settings.pacing_lead)
+    lost = now - timedelta(seconds=settings.requeue_after)
+    sendable = exists().where(
+        and_(Broadcast.id == Batch.broadcast_id, Broadcast.status.in_(BroadcastStatus.SENDABLE))
+    )
+    rows = session.execute(
+        select(Batch.id, Batch.broadcast_id)
+        .where(
+            Batch.status == BatchStatus.PENDING,
+            or_(Batch.not_before.is_(None), Batch.not_before <= due),
+            or_(Batch.enqueued_at.is_(None), Batch.enqueued_at < lost),
+            sendable,
+        )
+        .order_by(Batch.not_before, Batch.id)
+        .limit(DISPATCH_LIMIT)
+    ).all()
+    found: dict[uuid.UUID, list[int]] = defaultdict(list)
+    for batch_id, broadcast_id in rows:
+        found[broadcast_id].append(batch_id)
+    if rows:
+        session.execute(
+            update(Batch)
+            .where(Batch.id.in_([r[0] for r in rows]), Batch.status == BatchStatus.PENDING)
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return found
+
+
+def complete_finished_broadcasts(session: Session) -> int:
+    """Broadcasts whose batches are all final (e.g. the last one ended `unknown` by the
+    reconciler) are completed here; workers complete the rest as they finish."""
+    open_batch = exists().where(
+        and_(Batch.broadcast_id == Broadcast.id, Batch.status.not_in(BatchStatus.FINAL))
+    )
+    candidates = session.scalars(
+        select(Broadcast.id).where(Broadcast.status.in_(BroadcastStatus.SENDABLE), ~open_batch)
+    ).all()
+    for broadcast_id in candidates:
+        batches.finish_broadcast_if_done(session, broadcast_id)
+    return len(candidates)
+
+
+def reconcile(settings: Settings) -> dict[str, int]:
+    """One pass; every step is idempotent, so overlapping passes do no harm."""
+    with session_scope(settings.database_url) as session:
+        released = release_expired_claims(session)
+        unknown = expire_stale_submissions(session)
+    with session_scope(settings.database_url) as session:
+        due = claim_due_batches(session, settings)
+    enqueued = 0
+    for broadcast_id, batch_ids in due.items():
+        try:
+            enqueue(settings.redis_url, broadcast_id, batch_ids)
+            enqueued += len(batch_ids)
+        except EnqueueError:
+            with session_scope(settings.database_url) as session:
+                batches.mark_not_enqueued(session, batch_ids)
+    with session_scope(settings.database_url) as session:
+        completed = complete_finished_broadcasts(session)
+    counts = {"released": released, "unknown": unknown, "enqueued": enqueued}
+    if any(counts.values()):
+        log_event(log, "reconcile", **counts)
+    counts["checked_broadcasts"] = completed
+    return counts
+
+
+@celery_app.task(name=RECONCILE, queue=MAINTENANCE_QUEUE, ignore_result=True)
+def reconcile_task() -> dict[str, int]:
+    return reconcile(get_settings())
