@@ -4,6 +4,7 @@ HTTP, and real Celery worker processes."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import redis
 import requests
 from alembic import command
 from alembic.config import Config
+from pydantic import SecretStr
 from sqlalchemy import delete
 
 from sandbox.server import serve_in_thread
@@ -121,40 +123,69 @@ def client(app):
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment a worker process needs to see the same service as the test."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PLIVO_", "DATABASE_", "REDIS_", "SANDBOX_", "SMS_", "BATCH_"))
-    }
-    env.update(
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
-        SANDBOX_URL=settings.sandbox_url,
-        SMS_MPS=str(settings.effective_sms_mps),
-        BATCH_SIZE=str(settings.batch_size),
-        API_KEYS=API_KEY,
-        PYTHONPATH=str(ROOT),
-    )
+    """The environment that makes a child process see exactly `settings`."""
+    names = {name.upper() for name in Settings.model_fields}
+    env = {key: value for key, value in os.environ.items() if key not in names}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = ",".join(value)
+        elif isinstance(value, dict):
+            value = ",".join(f"{key}={mps}" for key, mps in value.items())
+        env[name.upper()] = str(value)
+    env["PYTHONPATH"] = str(ROOT)
     return env
 
 
-class Worker:
-    """A real `celery worker` process, as `make run` starts it."""
+class CeleryProcess:
+    """A real `celery` process (worker or beat) in its own process group, logging to a file."""
 
-    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2):
+    def __init__(self, settings: Settings, log_path: Path, argv: list[str]):
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", *argv],
+            cwd=ROOT,
+            env=settings_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # Its own process group, so a test can SIGKILL it and all its children at once.
+            start_new_session=True,
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash or the OOM killer would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+class Worker(CeleryProcess):
+    """A `celery worker`, as `make run` starts it."""
+
+    def __init__(self, settings, log_path, concurrency=2, queues="sms", name="test"):
+        super().__init__(
+            settings,
+            log_path,
             [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
                 "worker",
                 "-Q",
-                "sms",
+                queues,
                 "-c",
                 str(concurrency),
                 "--loglevel",
@@ -162,12 +193,8 @@ class Worker:
                 "--without-mingle",
                 "--without-gossip",
                 "-n",
-                f"test-{os.getpid()}@%h",
+                f"{name}-{os.getpid()}@%h",
             ],
-            cwd=ROOT,
-            env=settings_env(settings),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -180,18 +207,15 @@ class Worker:
             time.sleep(0.2)
         raise AssertionError(f"worker did not start:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+class Beat(CeleryProcess):
+    """`celery beat`, which runs the reconciler on its schedule."""
+
+    def __init__(self, settings, tmp_path: Path):
+        schedule = str(tmp_path / "beat-schedule")
+        super().__init__(
+            settings, tmp_path / "beat.log", ["beat", "--loglevel", "INFO", "-s", schedule]
+        )
 
 
 @pytest.fixture()

@@ -72,6 +72,7 @@ class Pacer:
     """Reserves send slots for batches and API requests; one per worker process."""
 
     def __init__(self, client: redis.Redis, settings: Settings):
+        self._client = client
         self._messages = client.register_script(RESERVE_MESSAGES)
         self._requests = client.register_script(ACQUIRE_REQUEST)
         self._settings = settings
@@ -98,3 +99,8 @@ class Pacer:
         settings = self._settings
         interval = settings.request_window / settings.request_limit
         return float(self._requests(keys=[REQUESTS_KEY], args=[interval, settings.request_limit]))
+
+    def server_time(self) -> float:
+        """Now on the Redis server's clock, the one every reservation is made on."""
+        seconds, micros = self._client.time()
+        return seconds + micros / 1_000_000
