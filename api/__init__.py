@@ -20,11 +20,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
 
-    from api import broadcasts, errors, health
+    from api import broadcasts, errors, health, limits
 
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(broadcasts.bp)
+    app.register_blueprint(limits.bp)
 
     if settings.sandbox_mode:
         logging.getLogger("api").warning(

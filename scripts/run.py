@@ -77,7 +77,7 @@ def main() -> int:
         flower_password = flower_password_for(settings)
         env = child_env(settings, flower_password)
         run_migrations(env)
-        services = plan(settings, env, flower_password)
+        services = plan(settings, flower_password)
         for service in services:
             started.append(service)  # first, so a Ctrl-C right after the fork still stops it
             start(service, env)
@@ -154,7 +154,7 @@ def run_migrations(env: dict[str, str]) -> None:
         raise Abort(f"migrations failed (exit {result.returncode})\n{tail(log_path)}")
 
 
-def plan(settings: Settings, env: dict[str, str], flower_password: str) -> list[Service]:
+def plan(settings: Settings, flower_password: str) -> list[Service]:
     """Everything to start, in order; each one waits for the one before to be healthy."""
     level = settings.log_level
     celery = [PYTHON, "-m", "celery", "-A", "workers.app"]
