@@ -53,10 +53,12 @@ class Service:
     name: str
     argv: list[str]
     # "http://..." must answer 2xx, "redis://..." must answer PING, "log:TEXT" must appear
-    # in the service's log (Celery's worker and beat have no HTTP endpoint).
+    # in the service's log (Celery's worker and beat have no HTTP endpoint), "alive:N" must
+    # stay up for N seconds.
     health: str
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
     log: IO[bytes] | None = None
 
     @property
@@ -158,6 +160,9 @@ def plan(settings: Settings, flower_password: str) -> list[Service]:
     """Everything to start, in order; each one waits for the one before to be healthy."""
     level = settings.log_level
     celery = [PYTHON, "-m", "celery", "-A", "workers.app"]
+    # Celery logs "celery@host ready." and "beat: Starting..." at INFO; with a quieter
+    # LOG_LEVEL, staying up for a few seconds is the best sign there is.
+    verbose = level in ("DEBUG", "INFO")
     services = []
     redis = redis_service(settings.redis_url)
     if redis:
@@ -182,12 +187,12 @@ def plan(settings: Settings, flower_password: str) -> list[Service]:
             "worker",
             celery + ["worker", "-Q", "sms,mms,webhooks,maintenance", "-c", "2",
                       "--loglevel", level],
-            health="log: ready.",
+            health="log: ready." if verbose else "alive:5",
         ),
         Service(
             "beat",
             celery + ["beat", "--loglevel", level, "-s", "var/celerybeat-schedule"],
-            health="log:beat: Starting",
+            health="log:beat: Starting" if verbose else "alive:5",
         ),
         Service(
             "flower",
@@ -245,6 +250,7 @@ def start(service: Service, env: dict[str, str]) -> None:
     service.log = service.log_path.open("ab")
     service.log.write(f"\n=== make run: starting at {time.ctime()} ===\n".encode())
     service.log.flush()
+    service.started_at = time.monotonic()
     service.process = subprocess.Popen(
         service.argv,
         env={**env, **service.env},
@@ -376,6 +382,8 @@ def tail(path: Path, lines: int = 25) -> str:
 
 def _healthy(service: Service, log_offset: int) -> bool:
     check = service.health
+    if check.startswith("alive:"):
+        return time.monotonic() - service.started_at >= float(check[len("alive:") :])
     if check.startswith("log:"):
         with service.log_path.open("rb") as log:
             log.seek(log_offset)

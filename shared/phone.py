@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumber, ValidationResult
@@ -23,9 +24,8 @@ class InvalidNumber(ValueError):
     """Carries the human reason a number was refused."""
 
 
-def _canonical_number(value: str) -> PhoneNumber | None:
-    # Parsing costs ~25 us a number; input that is already E.164 is split by hand
-    # (~2 us), which is what lets 100k recipients be accepted in well under 2 s.
+def _canonical_split(value: str) -> tuple[int, int] | None:
+    """(country code, national length) of input that is already E.164, split by hand."""
     digits = value[1:]
     for size in (1, 2, 3):
         code = int(digits[:size])
@@ -33,8 +33,18 @@ def _canonical_number(value: str) -> PhoneNumber | None:
             national = digits[size:]
             if not national or national[0] == "0":
                 return None  # leading zeros need the full parser's flags
-            return PhoneNumber(country_code=code, national_number=int(national))
+            return code, len(national)
     return None
+
+
+@cache
+def _possible_for_length(code: int, length: int) -> ValidationResult:
+    # "Possible" depends only on the country code and the national number's length, so
+    # canonical input costs a dict lookup instead of a parse (~25 us): that is what lets
+    # 100k recipients be accepted in well under 2 s.
+    return phonenumbers.is_possible_number_with_reason(
+        PhoneNumber(country_code=code, national_number=int("1" * length))
+    )
 
 
 def normalise(value: object, default_region: str | None = None) -> str:
@@ -47,26 +57,28 @@ def normalise(value: object, default_region: str | None = None) -> str:
         raise InvalidNumber("must be a string")
     if len(value) > _MAX_INPUT:
         raise InvalidNumber(f"longer than {_MAX_INPUT} characters")
-    canonical = _canonical_number(value) if _CANONICAL.fullmatch(value) else None
-    number = canonical
-    if number is None:
-        stripped = value.strip()
-        if not stripped:
-            raise InvalidNumber("empty")
-        if not stripped.startswith("+") and default_region is None:
-            raise InvalidNumber("needs a + and country code (no DEFAULT_REGION is configured)")
-        try:
-            number = phonenumbers.parse(stripped, default_region)
-        except NumberParseException as error:
-            raise InvalidNumber(_parse_reason(error)) from None
-    result = phonenumbers.is_possible_number_with_reason(number)
-    if result not in (ValidationResult.IS_POSSIBLE, ValidationResult.IS_POSSIBLE_LOCAL_ONLY):
-        raise InvalidNumber(_REASONS.get(result, "not a possible number"))
+    split = _canonical_split(value) if _CANONICAL.fullmatch(value) else None
+    if split is not None:
+        _check_possible(_possible_for_length(*split))
+        return value
+    stripped = value.strip()
+    if not stripped:
+        raise InvalidNumber("empty")
+    if not stripped.startswith("+") and default_region is None:
+        raise InvalidNumber("needs a + and country code (no DEFAULT_REGION is configured)")
+    try:
+        number = phonenumbers.parse(stripped, default_region)
+    except NumberParseException as error:
+        raise InvalidNumber(_parse_reason(error)) from None
+    _check_possible(phonenumbers.is_possible_number_with_reason(number))
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _check_possible(result: ValidationResult) -> None:
     if result == ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
         raise InvalidNumber("too short for its country")
-    if canonical is not None:
-        return value
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if result != ValidationResult.IS_POSSIBLE:
+        raise InvalidNumber(_REASONS.get(result, "not a possible number"))
 
 
 def _parse_reason(error: NumberParseException) -> str:

@@ -58,6 +58,16 @@ def _redis_answers(port: int) -> bool:
         return False
 
 
+def _wait_for_redis(process: subprocess.Popen[bytes], port: int) -> bool:
+    """True once it answers; False if it exited (port taken, say) or took too long."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _redis_answers(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if process.poll() is None:
         process.terminate()
@@ -96,12 +106,7 @@ def redis_server(tmp_dir: Path) -> Iterator[str]:
         ]  # fmt: skip
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while not _redis_answers(port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            else:
+            if _wait_for_redis(process, port):
                 yield f"redis://{HOST}:{port}/0"
                 return
         finally:

@@ -100,21 +100,27 @@ def upgrade() -> None:
         sa.Column("error_reason", sa.Text(), nullable=True),
         sa.Column("units", sa.Integer(), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["batch_id"], ["batches.id"], ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["broadcast_id"], ["broadcasts.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("broadcast_id", "phone", name="uq_recipients_broadcast_phone"),
-        sa.UniqueConstraint("message_uuid"),
     )
     with op.batch_alter_table("recipients", schema=None) as batch_op:
         batch_op.create_index("ix_recipients_batch_status", ["batch_id", "status"], unique=False)
         batch_op.create_index(
             "ix_recipients_broadcast_status", ["broadcast_id", "status"], unique=False
         )
+        batch_op.create_index(
+            "uq_recipients_message_uuid",
+            ["message_uuid"],
+            unique=True,
+            postgresql_where=sa.text("message_uuid IS NOT NULL"),
+            sqlite_where=sa.text("message_uuid IS NOT NULL"),
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("recipients", schema=None) as batch_op:
+        batch_op.drop_index("uq_recipients_message_uuid")
         batch_op.drop_index("ix_recipients_broadcast_status")
         batch_op.drop_index("ix_recipients_batch_status")
 
