@@ -28,7 +28,11 @@ worker_prefetch_multiplier = 1
 
 task_queues = [Queue(name) for name in ("sms", "mms", "webhooks", "maintenance")]
 task_default_queue = "maintenance"
-task_routes = {"send_sms_batch": {"queue": "sms"}, "reconcile": {"queue": "maintenance"}}
+task_routes = {
+    "send_sms_batch": {"queue": "sms"},
+    "reconcile": {"queue": "maintenance"},
+    "apply_status_events": {"queue": "webhooks"},
+}
 
 beat_schedule = {
     "reconcile": {
@@ -36,7 +40,13 @@ beat_schedule = {
         "schedule": _settings.reconcile_interval,
         # A pass that could not start in time is pointless: the next one is coming.
         "options": {"queue": "maintenance", "expires": _settings.reconcile_interval * 2},
-    }
+    },
+    # Delivery reports wait in a Redis stream; each pass applies everything there.
+    "apply-status-events": {
+        "task": "apply_status_events",
+        "schedule": 1.0,
+        "options": {"queue": "webhooks", "expires": 2.0},
+    },
 }
 
 # Flower shows tasks from events.

@@ -20,12 +20,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
 
-    from api import broadcasts, errors, health, limits
+    from api import broadcasts, errors, health, limits, opt_outs, webhooks
 
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(broadcasts.bp)
     app.register_blueprint(limits.bp)
+    app.register_blueprint(opt_outs.bp)
+    app.register_blueprint(webhooks.bp)
 
     if settings.sandbox_mode:
         logging.getLogger("api").warning(

@@ -69,6 +69,9 @@ class RecipientStatus:
     SKIPPED = "skipped"
     UNKNOWN = "unknown"
 
+    # Any of these makes a finished broadcast `completed_with_failures`.
+    FAILURES = (FAILED, UNDELIVERED, REJECTED, UNKNOWN)
+
 
 class Broadcast(Base):
     __tablename__ = "broadcasts"

@@ -16,6 +16,7 @@ QUEUES = (SMS_QUEUE, MMS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
 
 SEND_SMS_BATCH = "send_sms_batch"
 RECONCILE = "reconcile"
+APPLY_STATUS_EVENTS = "apply_status_events"
 
 celery_app = Celery("bulksms")
 celery_app.config_from_object("celeryconfig")

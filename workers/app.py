@@ -7,7 +7,7 @@ from celery.signals import worker_ready
 from shared.config import get_settings
 from shared.logs import log_event
 from shared.taskqueue import celery_app
-from workers import reconciler, sending  # noqa: F401  (registers the tasks)
+from workers import delivery_reports, reconciler, sending  # noqa: F401  (registers tasks)
 
 app = celery_app
 log = logging.getLogger("workers")

@@ -15,11 +15,11 @@ from shared.models import (
     BatchStatus,
     Broadcast,
     BroadcastStatus,
-    OptOut,
     Recipient,
     RecipientStatus,
     utcnow,
 )
+from shared.opt_outs import opted_out_among
 from shared.plivo_client import SendResult
 
 
@@ -88,11 +88,7 @@ def load_job(session: Session, batch_id: int) -> Job:
         )
     ).all()
     recipients = {phone: rid for rid, phone in rows}
-    opted_out = {
-        phone
-        for chunk in chunked(list(recipients))
-        for phone in session.scalars(select(OptOut.phone).where(OptOut.phone.in_(chunk)))
-    }
+    opted_out = opted_out_among(session, list(recipients)) if recipients else set()
     if opted_out:
         _set_status(
             session,
@@ -217,8 +213,11 @@ def pause_broadcast(session: Session, broadcast_id: uuid.UUID, reason: str) -> N
     )
 
 
-def finish_broadcast_if_done(session: Session, broadcast_id: uuid.UUID) -> str | None:
-    """When no batch is left to send, the broadcast is completed (with failures if any)."""
+def finish_broadcast_if_done(
+    session: Session, broadcast_id: uuid.UUID, await_reports: bool
+) -> str | None:
+    """When no batch is left to send (and, when Plivo reports delivery to us, no recipient
+    is still waiting for its report), the broadcast is completed, with failures if any."""
     open_batches = session.scalar(
         select(func.count())
         .select_from(Batch)
@@ -226,30 +225,26 @@ def finish_broadcast_if_done(session: Session, broadcast_id: uuid.UUID) -> str |
     )
     if open_batches:
         return None
-    bad = session.scalar(
-        select(func.count())
-        .select_from(Recipient)
-        .where(
-            Recipient.broadcast_id == broadcast_id,
-            Recipient.status.in_(
-                (
-                    RecipientStatus.FAILED,
-                    RecipientStatus.REJECTED,
-                    RecipientStatus.UNDELIVERED,
-                    RecipientStatus.UNKNOWN,
-                )
-            ),
-        )
+    counts = dict(
+        session.execute(
+            select(Recipient.status, func.count())
+            .where(Recipient.broadcast_id == broadcast_id)
+            .group_by(Recipient.status)
+        ).all()
     )
+    waiting = (RecipientStatus.PENDING, RecipientStatus.QUEUED, RecipientStatus.SENT)
+    if await_reports and any(counts.get(status) for status in waiting):
+        return None
+    bad = any(counts.get(status) for status in RecipientStatus.FAILURES)
     status = BroadcastStatus.COMPLETED_WITH_FAILURES if bad else BroadcastStatus.COMPLETED
     now = utcnow()
-    session.execute(
+    changed = session.execute(
         update(Broadcast)
         .where(Broadcast.id == broadcast_id, Broadcast.status.in_(BroadcastStatus.SENDABLE))
         .values(status=status, finished_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
-    )
-    return status
+    ).rowcount
+    return status if changed else None
 
 
 def _set_status(session: Session, ids: list[int], status: str, reason: str | None) -> None:

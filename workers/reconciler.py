@@ -96,7 +96,7 @@ def claim_due_batches(session: Session, settings: Settings) -> dict[uuid.UUID, l
     return found
 
 
-def complete_finished_broadcasts(session: Session) -> int:
+def complete_finished_broadcasts(session: Session, await_reports: bool) -> int:
     """Broadcasts whose batches are all final (e.g. the last one ended `unknown` by the
     reconciler) are completed here; workers complete the rest as they finish."""
     open_batch = exists().where(
@@ -106,7 +106,7 @@ def complete_finished_broadcasts(session: Session) -> int:
         select(Broadcast.id).where(Broadcast.status.in_(BroadcastStatus.SENDABLE), ~open_batch)
     ).all()
     for broadcast_id in candidates:
-        batches.finish_broadcast_if_done(session, broadcast_id)
+        batches.finish_broadcast_if_done(session, broadcast_id, await_reports)
     return len(candidates)
 
 
@@ -126,7 +126,7 @@ def reconcile(settings: Settings) -> dict[str, int]:
             with session_scope(settings.database_url) as session:
                 batches.mark_not_enqueued(session, batch_ids)
     with session_scope(settings.database_url) as session:
-        completed = complete_finished_broadcasts(session)
+        completed = complete_finished_broadcasts(session, settings.status_callback_url is not None)
     counts = {"released": released, "unknown": unknown, "enqueued": enqueued}
     if any(counts.values()):
         log_event(log, "reconcile", **counts)

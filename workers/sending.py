@@ -110,7 +110,9 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
     with session_scope(url) as session:
         batches.record_submitted(session, batch_id, token, job, result)
     with session_scope(url) as session:
-        batches.finish_broadcast_if_done(session, job.broadcast_id)
+        batches.finish_broadcast_if_done(
+            session, job.broadcast_id, settings.status_callback_url is not None
+        )
     log_event(
         log,
         "batch.submitted",
@@ -191,5 +193,7 @@ def _handle_error(settings, attempt, batch_id, token, job, error: PlivoError) ->
     with session_scope(url) as session:
         batches.record_failure(session, batch_id, token, batch_status, recipient_status, reason)
     with session_scope(url) as session:
-        batches.finish_broadcast_if_done(session, job.broadcast_id)
+        batches.finish_broadcast_if_done(
+            session, job.broadcast_id, settings.status_callback_url is not None
+        )
     return {"batch_id": batch_id, "outcome": batch_status}

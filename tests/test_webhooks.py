@@ -1,0 +1,299 @@
+"""Plivo's callbacks through the real HTTP path (Flask), signed by code written here from
+PLIVO.md, independent of both the service and the SDK."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import uuid
+
+import pytest
+import redis
+from sqlalchemy import select, update
+
+from shared.config import SANDBOX_AUTH_TOKEN
+from shared.db import session_scope
+from shared.models import Batch, Broadcast, InboundMessage, OptOut, Recipient
+from shared.status_events import STREAM
+from workers.delivery_reports import drain
+
+PUBLIC = "https://hooks.example.com"
+STATUS_URL = f"{PUBLIC}/webhooks/plivo/status"
+INBOUND_URL = f"{PUBLIC}/webhooks/plivo/inbound"
+
+
+def v3_signature(url: str, params: dict[str, str], nonce: str, token: str) -> str:
+    """PLIVO.md: url + '?' + sorted key+value pairs + '.' + nonce, HMAC-SHA256, base64."""
+    payload = url + "?" + "".join(f"{k}{params[k]}" for k in sorted(params)) + "." + nonce
+    digest = hmac.new(token.encode(), payload.encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def test_the_signer_matches_plivos_worked_example():
+    assert (
+        v3_signature(
+            "https://example.com/status/",
+            {"MessageUUID": "abc", "Status": "delivered"},
+            "12345",
+            "my_auth_token",
+        )
+        == "mNOygT08ka6drSNUVcJK+TV6P2xRcl1ELXtshxpDmH0="
+    )
+
+
+def signed_headers(url, params, token=SANDBOX_AUTH_TOKEN, nonce=None) -> dict[str, str]:
+    nonce = nonce or uuid.uuid4().hex
+    return {
+        "X-Plivo-Signature-V3": v3_signature(url, params, nonce, token),
+        "X-Plivo-Signature-V3-Nonce": nonce,
+    }
+
+
+@pytest.fixture()
+def public_settings(settings):
+    redis.Redis.from_url(settings.redis_url).delete(STREAM)
+    return settings.model_copy(update={"public_base_url": PUBLIC})
+
+
+@pytest.fixture()
+def hooks(public_settings):
+    from api import create_app
+
+    return create_app(public_settings).test_client()
+
+
+def post_status(hooks, params, **signing):
+    headers = signed_headers(STATUS_URL, params, **signing)
+    return hooks.post("/webhooks/plivo/status", data=params, headers=headers)
+
+
+def stream_length(settings) -> int:
+    return redis.Redis.from_url(settings.redis_url).xlen(STREAM)
+
+
+REPORT = {"MessageUUID": "m-1", "Status": "delivered", "To": "14155550101", "Sequence": "3"}
+
+
+def test_a_signed_report_is_buffered_and_answered_200(hooks, public_settings):
+    assert post_status(hooks, REPORT).status_code == 200
+    assert stream_length(public_settings) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-Plivo-Signature-V3-Nonce": "n1"},
+        signed_headers(STATUS_URL, REPORT, token="someone-elses-token"),
+        signed_headers(STATUS_URL, {**REPORT, "Status": "failed"}),  # body was changed
+        signed_headers("http://localhost/webhooks/plivo/status", REPORT),  # not the public URL
+    ],
+)
+def test_a_bad_or_missing_signature_is_403_and_nothing_is_recorded(hooks, public_settings, headers):
+    response = hooks.post("/webhooks/plivo/status", data=REPORT, headers=headers)
+    assert response.status_code == 403
+    assert stream_length(public_settings) == 0
+
+
+def test_a_replayed_signature_is_refused(hooks, public_settings):
+    assert post_status(hooks, REPORT, nonce="once").status_code == 200
+    assert post_status(hooks, REPORT, nonce="once").status_code == 403
+    assert stream_length(public_settings) == 1
+
+
+def test_v2_signatures_are_accepted_too(hooks, public_settings):
+    nonce = "v2nonce"
+    digest = hmac.new(
+        SANDBOX_AUTH_TOKEN.encode(), (STATUS_URL + nonce).encode(), hashlib.sha256
+    ).digest()
+    headers = {
+        "X-Plivo-Signature-V2": base64.b64encode(digest).decode(),
+        "X-Plivo-Signature-V2-Nonce": nonce,
+    }
+    assert hooks.post("/webhooks/plivo/status", data=REPORT, headers=headers).status_code == 200
+
+
+def test_without_a_public_base_url_the_request_url_is_used(client, settings):
+    params = {"MessageUUID": "m-2", "Status": "sent"}
+    headers = signed_headers("http://localhost/webhooks/plivo/status", params)
+    assert client.post("/webhooks/plivo/status", data=params, headers=headers).status_code == 200
+
+
+def test_the_buffer_being_down_is_a_503_so_plivo_retries(public_settings):
+    from api import create_app
+    from tests.services import free_port
+
+    down = public_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    response = post_status(create_app(down).test_client(), REPORT)
+    assert response.status_code == 503
+
+
+# Applying reports: a broadcast whose recipients Plivo has accepted.
+
+NUMBERS = ["+14155550101", "+14155550102", "+14155550103"]
+
+
+@pytest.fixture()
+def accepted(client, public_settings):
+    """Three recipients `queued` with uuids u-0..u-2, as after a submitted batch."""
+    response = client.post("/v1/broadcasts", json={"recipients": NUMBERS, "text": "Reports"})
+    with session_scope(public_settings.database_url) as session:
+        for index, phone in enumerate(NUMBERS):
+            session.execute(
+                update(Recipient)
+                .where(Recipient.phone == phone)
+                .values(status="queued", message_uuid=f"u-{index}")
+            )
+        session.execute(update(Broadcast).values(status="sending"))
+        session.execute(update(Batch).values(status="submitted"))
+    return response.get_json()["id"]
+
+
+def report(uuid_, status, sequence, **extra):
+    to = NUMBERS[int(uuid_[-1])][1:]
+    return {"MessageUUID": uuid_, "Status": status, "Sequence": str(sequence), "To": to, **extra}
+
+
+def recipient(settings, uuid_) -> Recipient:
+    with session_scope(settings.database_url) as session:
+        return session.scalar(select(Recipient).where(Recipient.message_uuid == uuid_))
+
+
+def send_and_apply(hooks, settings, *reports) -> dict:
+    for params in reports:
+        assert post_status(hooks, params).status_code == 200
+    return drain(settings)
+
+
+def test_reports_move_a_recipient_forward(hooks, public_settings, accepted):
+    send_and_apply(hooks, public_settings, report("u-0", "sent", 2))
+    assert recipient(public_settings, "u-0").status == "sent"
+    assert recipient(public_settings, "u-0").sent_at is not None
+
+    send_and_apply(hooks, public_settings, report("u-0", "delivered", 3, Units="2"))
+    done = recipient(public_settings, "u-0")
+    assert (done.status, done.units) == ("delivered", 2)
+    assert done.finished_at is not None
+
+
+def test_a_late_sent_never_overwrites_delivered(hooks, public_settings, accepted):
+    send_and_apply(hooks, public_settings, report("u-0", "delivered", 3))
+    send_and_apply(hooks, public_settings, report("u-0", "sent", 2), report("u-0", "queued", 1))
+    assert recipient(public_settings, "u-0").status == "delivered"
+
+
+def test_out_of_order_reports_in_one_pass_keep_the_furthest(hooks, public_settings, accepted):
+    counts = send_and_apply(
+        hooks,
+        public_settings,
+        report("u-1", "delivered", 3),
+        report("u-1", "sent", 2),
+        report("u-1", "delivered", 3),
+    )
+    assert recipient(public_settings, "u-1").status == "delivered"
+    assert counts == {"reports": 3, "applied": 1, "unknown_uuid": 0}
+
+
+def test_a_final_status_is_never_replaced(hooks, public_settings, accepted):
+    send_and_apply(hooks, public_settings, report("u-2", "undelivered", 3, ErrorCode="80"))
+    send_and_apply(hooks, public_settings, report("u-2", "delivered", 4))
+    done = recipient(public_settings, "u-2")
+    assert (done.status, done.error_code) == ("undelivered", "80")
+    assert done.error_reason == "destination temporarily unavailable"
+
+
+def test_error_200_adds_the_number_to_the_opt_out_list(hooks, public_settings, accepted):
+    send_and_apply(hooks, public_settings, report("u-0", "failed", 2, ErrorCode="200"))
+    with session_scope(public_settings.database_url) as session:
+        opt_out = session.get(OptOut, NUMBERS[0])
+    assert opt_out is not None and opt_out.source == "error_200"
+    assert recipient(public_settings, "u-0").status == "failed"
+
+
+def test_an_unknown_uuid_is_acknowledged_and_counted(hooks, public_settings, accepted):
+    counts = send_and_apply(hooks, public_settings, {"MessageUUID": "nope", "Status": "sent"})
+    assert counts["unknown_uuid"] == 1
+    assert stream_length(public_settings) == 0
+
+
+def test_the_broadcast_completes_when_every_recipient_is_final(hooks, public_settings, accepted):
+    send_and_apply(
+        hooks,
+        public_settings,
+        report("u-0", "delivered", 3),
+        report("u-1", "delivered", 3),
+    )
+    with session_scope(public_settings.database_url) as session:
+        assert session.scalar(select(Broadcast.status)) == "sending"
+    send_and_apply(hooks, public_settings, report("u-2", "failed", 2, ErrorCode="50"))
+    with session_scope(public_settings.database_url) as session:
+        assert session.scalar(select(Broadcast.status)) == "completed_with_failures"
+
+
+# Inbound replies.
+
+
+def post_inbound(hooks, text, sender="14155550199", message_uuid=None, **extra):
+    params = {
+        "From": sender,
+        "To": "14155550000",
+        "Text": text,
+        "Type": "sms",
+        "MessageUUID": message_uuid or uuid.uuid4().hex,
+        **extra,
+    }
+    return hooks.post(
+        "/webhooks/plivo/inbound", data=params, headers=signed_headers(INBOUND_URL, params)
+    )
+
+
+def opted_out(settings, phone="+14155550199") -> bool:
+    with session_scope(settings.database_url) as session:
+        return session.get(OptOut, phone) is not None
+
+
+@pytest.mark.parametrize("text", ["STOP", "stop", "Stop  ", " unsubscribe", "STOP ALL", "quit"])
+def test_stop_words_opt_the_number_out(hooks, public_settings, text):
+    assert post_inbound(hooks, text).status_code == 200
+    assert opted_out(public_settings)
+
+
+@pytest.mark.parametrize("text", ["stop by at 5", "STOPPED", "please stop it"])
+def test_other_messages_do_not_opt_out(hooks, public_settings, text):
+    assert post_inbound(hooks, text).status_code == 200
+    assert not opted_out(public_settings)
+
+
+def test_plivos_optout_intent_opts_out_whatever_the_words(hooks, public_settings):
+    post_inbound(hooks, "no more please", MessageIntent="optout")
+    assert opted_out(public_settings)
+
+
+def test_start_opts_back_in(hooks, public_settings):
+    post_inbound(hooks, "STOP")
+    post_inbound(hooks, "start")
+    assert not opted_out(public_settings)
+
+
+def test_help_is_recorded(hooks, public_settings):
+    post_inbound(hooks, "HELP", message_uuid="in-help")
+    with session_scope(public_settings.database_url) as session:
+        stored = session.scalar(
+            select(InboundMessage).where(InboundMessage.message_uuid == "in-help")
+        )
+    assert (stored.action, stored.phone, stored.text) == ("help", "+14155550199", "HELP")
+    assert not opted_out(public_settings)
+
+
+def test_a_redelivered_stop_does_not_undo_a_later_start(hooks, public_settings):
+    post_inbound(hooks, "STOP", message_uuid="in-1")
+    post_inbound(hooks, "START", message_uuid="in-2")
+    post_inbound(hooks, "STOP", message_uuid="in-1")
+    assert not opted_out(public_settings)
+
+
+def test_an_unsigned_inbound_message_changes_nothing(hooks, public_settings):
+    params = {"From": "14155550199", "To": "14155550000", "Text": "STOP", "MessageUUID": "x"}
+    assert hooks.post("/webhooks/plivo/inbound", data=params).status_code == 403
+    assert not opted_out(public_settings)
