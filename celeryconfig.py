@@ -32,6 +32,7 @@ task_routes = {
     "send_sms_batch": {"queue": "sms"},
     "reconcile": {"queue": "maintenance"},
     "apply_status_events": {"queue": "webhooks"},
+    "notify_completion": {"queue": "webhooks"},
 }
 
 beat_schedule = {

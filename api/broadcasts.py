@@ -8,7 +8,7 @@ import logging
 import uuid
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,7 +17,8 @@ from api.errors import ApiError
 from api.intake import parse_request, plan_broadcast, write_broadcast
 from shared.db import session_scope
 from shared.logs import log_event
-from shared.models import Batch, Broadcast, Recipient
+from shared.models import Batch, Broadcast
+from shared.progress import summarize
 from shared.taskqueue import EnqueueError, enqueue_sms_batches
 
 bp = Blueprint("broadcasts", __name__, url_prefix="/v1/broadcasts")
@@ -136,14 +137,6 @@ def create_broadcast():
     return _accepted(body)
 
 
-def _counts(session: Session, column, broadcast_id: uuid.UUID) -> dict[str, int]:
-    model = column.class_
-    rows = session.execute(
-        select(column, func.count()).where(model.broadcast_id == broadcast_id).group_by(column)
-    ).all()
-    return {status: count for status, count in rows}
-
-
 @bp.get("/<broadcast_id>")
 def get_broadcast(broadcast_id: str):
     """Status, recipients by status, batches by status."""
@@ -155,22 +148,4 @@ def get_broadcast(broadcast_id: str):
         broadcast = session.get(Broadcast, bid)
         if broadcast is None:
             raise ApiError(404, "not_found", f"no broadcast {broadcast_id!r}")
-        recipients = _counts(session, Recipient.status, bid)
-        batches = _counts(session, Batch.status, bid)
-    return jsonify(
-        {
-            "id": str(broadcast.id),
-            "kind": broadcast.kind,
-            "status": broadcast.status,
-            "status_reason": broadcast.status_reason,
-            "sender": broadcast.sender,
-            "encoding": broadcast.encoding,
-            "segments": broadcast.segments,
-            "counts": broadcast.counts,
-            "recipients": {"total": sum(recipients.values()), "by_status": recipients},
-            "batches": {"total": sum(batches.values()), "by_status": batches},
-            "created_at": broadcast.created_at.isoformat(),
-            "updated_at": broadcast.updated_at.isoformat(),
-            "finished_at": broadcast.finished_at.isoformat() if broadcast.finished_at else None,
-        }
-    )
+        return jsonify(summarize(session, broadcast))

@@ -29,6 +29,7 @@ from shared.models import (
 )
 from shared.opt_outs import opted_out_among
 from shared.phone import InvalidNumber, normalise
+from shared.urls import UnsafeUrl, check_url
 
 INVALID_SHOWN = 20
 NULL = "\\N"  # COPY text format
@@ -44,6 +45,8 @@ class BroadcastRequest(BaseModel):
     sender: str | None = None
     # Accept the valid numbers and count the rest, instead of refusing the whole request.
     skip_invalid: bool = False
+    # Where to POST a signed notice once the broadcast is final.
+    callback_url: str | None = None
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Plan:
     skipped: list[str]
     invalid: list[dict] = field(default_factory=list)
     duplicates: int = 0
+    callback_url: str | None = None
 
 
 def parse_request(payload: Any, settings: Settings) -> BroadcastRequest:
@@ -93,6 +97,21 @@ def check_sender(sender: str | None, settings: Settings) -> str:
     return chosen
 
 
+def check_callback_url(url: str | None, settings: Settings) -> str | None:
+    if url is None:
+        return None
+    if not settings.effective_callback_secret:
+        raise ApiError(
+            400, "invalid_request", "callback_url: needs CALLBACK_SECRET to be configured"
+        )
+    try:
+        # Sandbox mode is local development: plain http and local receivers are fine.
+        sandbox = settings.sandbox_mode
+        return check_url(url, allow_http=sandbox, allow_internal=sandbox)
+    except UnsafeUrl as error:
+        raise ApiError(400, "invalid_request", f"callback_url: {error}") from None
+
+
 def check_text(text: str) -> tuple[str, int]:
     if not text.strip():
         raise ApiError(400, "invalid_request", "text: must not be empty")
@@ -126,6 +145,7 @@ def plan_broadcast(session: Session, request: BroadcastRequest, settings: Settin
     """All validation, before anything is written. Raises ApiError naming the field."""
     sender = check_sender(request.sender, settings)
     encoding, segments = check_text(request.text)
+    callback_url = check_callback_url(request.callback_url, settings)
     first_index, invalid, duplicates = normalise_all(request.recipients, settings.default_region)
     if sender in first_index:
         # Plivo (and its SDK) refuse a whole call whose destinations include its source.
@@ -148,7 +168,17 @@ def plan_broadcast(session: Session, request: BroadcastRequest, settings: Settin
     blocked = opted_out_among(session, numbers)
     to_send = [n for n in numbers if n not in blocked] if blocked else numbers
     skipped = [n for n in numbers if n in blocked]
-    return Plan(sender, request.text, encoding, segments, to_send, skipped, invalid, duplicates)
+    return Plan(
+        sender,
+        request.text,
+        encoding,
+        segments,
+        to_send,
+        skipped,
+        invalid,
+        duplicates,
+        callback_url,
+    )
 
 
 def response_body(broadcast_id: uuid.UUID, plan: Plan, batch_count: int, status: str) -> dict:
@@ -200,6 +230,7 @@ def write_broadcast(
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             intake_response=body,
+            callback_url=plan.callback_url,
             created_at=now,
             updated_at=now,
             finished_at=None if batch_count else now,

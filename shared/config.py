@@ -18,6 +18,7 @@ SANDBOX_AUTH_ID = "MASANDBOX00000000000"
 SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
 SANDBOX_SENDER = "+14155550000"
 SANDBOX_API_KEY = "dev-key"
+SANDBOX_CALLBACK_SECRET = "sandbox-callback-secret"
 
 # Plivo's own default account throughput; the sandbox has no such limit, so the demo
 # defaults to something that finishes in seconds.
@@ -86,6 +87,8 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: SecretStr = SecretStr("")
     public_base_url: str | None = None
+    # Signs completion notices POSTed to a broadcast's callback_url.
+    callback_secret: SecretStr = SecretStr("")
     log_level: str = "INFO"
 
     @field_validator("api_keys", mode="before")
@@ -213,6 +216,11 @@ class Settings(BaseSettings):
         if self.sms_mps is not None:
             return self.sms_mps
         return SANDBOX_DEFAULT_SMS_MPS if self.sandbox_mode else PLIVO_DEFAULT_SMS_MPS
+
+    @property
+    def effective_callback_secret(self) -> str:
+        secret = self.callback_secret.get_secret_value()
+        return secret or (SANDBOX_CALLBACK_SECRET if self.sandbox_mode else "")
 
     @property
     def status_callback_url(self) -> str | None:

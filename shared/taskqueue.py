@@ -17,6 +17,7 @@ QUEUES = (SMS_QUEUE, MMS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
 SEND_SMS_BATCH = "send_sms_batch"
 RECONCILE = "reconcile"
 APPLY_STATUS_EVENTS = "apply_status_events"
+NOTIFY_COMPLETION = "notify_completion"
 
 celery_app = Celery("bulksms")
 celery_app.config_from_object("celeryconfig")
@@ -26,32 +27,44 @@ class EnqueueError(RuntimeError):
     """The broker would not take the task; the batch stays `pending` in the database."""
 
 
+def enqueue_tasks(
+    broker_url: str,
+    name: str,
+    queue: str,
+    kwargs_list: list[dict],
+    countdown: float | None = None,
+) -> None:
+    """Publish one task per kwargs over one broker connection; ids only, never rows."""
+    try:
+        with (
+            celery_app.connection_for_write(broker_url) as connection,
+            connection.Producer() as producer,
+        ):
+            for kwargs in kwargs_list:
+                celery_app.send_task(
+                    name,
+                    kwargs=kwargs,
+                    queue=queue,
+                    producer=producer,
+                    countdown=countdown,
+                    # Fail fast when Redis is down: the database still says what is due,
+                    # so waiting here would only delay the caller.
+                    retry=False,
+                )
+    except (OperationalError, KombuError, OSError) as error:
+        raise EnqueueError(str(error)) from error
+
+
 def enqueue_sms_batches(
     broker_url: str,
     broadcast_id: uuid.UUID,
     batch_ids: list[int],
     countdown: float | None = None,
 ) -> None:
-    """One task per batch, ids only, over one broker connection. Call only after commit:
-    a task must never reach a worker before its rows exist."""
-    try:
-        with (
-            celery_app.connection_for_write(broker_url) as connection,
-            connection.Producer() as producer,
-        ):
-            for batch_id in batch_ids:
-                celery_app.send_task(
-                    SEND_SMS_BATCH,
-                    kwargs={"batch_id": batch_id, "broadcast_id": str(broadcast_id)},
-                    queue=SMS_QUEUE,
-                    producer=producer,
-                    countdown=countdown,
-                    # Fail fast when Redis is down: the reconciler re-enqueues pending
-                    # batches, so waiting here would only delay the client's 202.
-                    retry=False,
-                )
-    except (OperationalError, KombuError, OSError) as error:
-        raise EnqueueError(str(error)) from error
+    """One task per batch. Call only after commit: a task must never reach a worker before
+    its rows exist; the reconciler re-enqueues what the broker did not take."""
+    kwargs = [{"batch_id": b, "broadcast_id": str(broadcast_id)} for b in batch_ids]
+    enqueue_tasks(broker_url, SEND_SMS_BATCH, SMS_QUEUE, kwargs, countdown)
 
 
 def enqueue_sms_batch(

@@ -7,7 +7,12 @@ from celery.signals import worker_ready
 from shared.config import get_settings
 from shared.logs import log_event
 from shared.taskqueue import celery_app
-from workers import delivery_reports, reconciler, sending  # noqa: F401  (registers tasks)
+from workers import (  # noqa: F401  (importing registers the tasks)
+    delivery_reports,
+    notifications,
+    reconciler,
+    sending,
+)
 
 app = celery_app
 log = logging.getLogger("workers")

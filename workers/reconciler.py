@@ -16,7 +16,15 @@ from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.logs import log_event
 from shared.models import Batch, BatchStatus, Broadcast, BroadcastStatus, RecipientStatus, utcnow
-from shared.taskqueue import MAINTENANCE_QUEUE, RECONCILE, EnqueueError, celery_app
+from shared.taskqueue import (
+    MAINTENANCE_QUEUE,
+    NOTIFY_COMPLETION,
+    RECONCILE,
+    WEBHOOKS_QUEUE,
+    EnqueueError,
+    celery_app,
+    enqueue_tasks,
+)
 from shared.taskqueue import enqueue_sms_batches as enqueue
 from workers import batches
 
@@ -110,6 +118,36 @@ def complete_finished_broadcasts(session: Session, await_reports: bool) -> int:
     return len(candidates)
 
 
+def claim_due_notices(session: Session) -> list[str]:
+    """Finished broadcasts whose client asked for a notice: marked, then enqueued once."""
+    now = utcnow()
+    due = session.scalars(
+        select(Broadcast.id).where(
+            Broadcast.callback_url.is_not(None),
+            Broadcast.notified_at.is_(None),
+            Broadcast.status.in_(BroadcastStatus.FINAL),
+        )
+    ).all()
+    if due:
+        session.execute(
+            update(Broadcast)
+            .where(Broadcast.id.in_(due), Broadcast.notified_at.is_(None))
+            .values(notified_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return [str(broadcast_id) for broadcast_id in due]
+
+
+def release_notices(session: Session, broadcast_ids: list[str]) -> None:
+    """The broker refused the notices: claim them again on the next pass."""
+    session.execute(
+        update(Broadcast)
+        .where(Broadcast.id.in_([uuid.UUID(b) for b in broadcast_ids]))
+        .values(notified_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def reconcile(settings: Settings) -> dict[str, int]:
     """One pass; every step is idempotent, so overlapping passes do no harm."""
     with session_scope(settings.database_url) as session:
@@ -127,7 +165,25 @@ def reconcile(settings: Settings) -> dict[str, int]:
                 batches.mark_not_enqueued(session, batch_ids)
     with session_scope(settings.database_url) as session:
         completed = complete_finished_broadcasts(session, settings.status_callback_url is not None)
-    counts = {"released": released, "unknown": unknown, "enqueued": enqueued}
+    with session_scope(settings.database_url) as session:
+        notices = claim_due_notices(session)
+    if notices:
+        try:
+            enqueue_tasks(
+                settings.redis_url,
+                NOTIFY_COMPLETION,
+                WEBHOOKS_QUEUE,
+                [{"broadcast_id": broadcast_id} for broadcast_id in notices],
+            )
+        except EnqueueError:
+            with session_scope(settings.database_url) as session:
+                release_notices(session, notices)
+    counts = {
+        "released": released,
+        "unknown": unknown,
+        "enqueued": enqueued,
+        "notices": len(notices),
+    }
     if any(counts.values()):
         log_event(log, "reconcile", **counts)
     counts["checked_broadcasts"] = completed
