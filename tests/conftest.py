@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,23 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, message: str
             return value
         time.sleep(interval)
     raise AssertionError(message or f"condition not met within {timeout}s")
+
+
+@pytest.fixture()
+def live_api(settings) -> Iterator[str]:
+    """The API served over real HTTP on a free port (threaded werkzeug), for clients that
+    must reach it from outside the process: the sandbox's callbacks, the CLI."""
+    from werkzeug.serving import make_server
+
+    from api import create_app
+
+    port = services.free_port()
+    public = settings.model_copy(update={"public_base_url": f"http://127.0.0.1:{port}"})
+    server = make_server("127.0.0.1", port, create_app(public), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
