@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import uuid
+from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,9 +18,10 @@ from api.auth import require_api_key
 from api.errors import ApiError
 from api.intake import parse_request, plan_broadcast, write_broadcast
 from shared.db import session_scope
+from shared.limits import effective_mps
 from shared.logs import log_event
-from shared.models import Batch, Broadcast
-from shared.progress import summarize
+from shared.models import Batch, Broadcast, BroadcastStatus
+from shared.progress import eta_seconds, iso, progress, recent_rate, summarize
 from shared.taskqueue import EnqueueError, enqueue_sms_batches
 
 bp = Blueprint("broadcasts", __name__, url_prefix="/v1/broadcasts")
@@ -117,7 +120,7 @@ def create_broadcast():
         batches=len(batch_ids),
         api_key_id=g.api_key_id,
     )
-    if batch_ids:
+    if batch_ids and body["status"] == BroadcastStatus.QUEUED:
         try:
             enqueue_sms_batches(settings.redis_url, broadcast_id, batch_ids)
         except EnqueueError as error:
@@ -137,15 +140,105 @@ def create_broadcast():
     return _accepted(body)
 
 
-@bp.get("/<broadcast_id>")
-def get_broadcast(broadcast_id: str):
-    """Status, recipients by status, batches by status."""
+def parse_id(broadcast_id: str) -> uuid.UUID:
     try:
-        bid = uuid.UUID(broadcast_id)
+        return uuid.UUID(broadcast_id)
     except ValueError:
         raise ApiError(404, "not_found", f"no broadcast {broadcast_id!r}") from None
+
+
+def load(session: Session, broadcast_id: str) -> Broadcast:
+    broadcast = session.get(Broadcast, parse_id(broadcast_id))
+    if broadcast is None:
+        raise ApiError(404, "not_found", f"no broadcast {broadcast_id!r}")
+    return broadcast
+
+
+@bp.get("/<broadcast_id>")
+def get_broadcast(broadcast_id: str):
+    """Status, counts by recipient status and error code, batches, progress, rate, ETA."""
+    settings = _settings()
+    with session_scope(settings.database_url) as session:
+        broadcast = load(session, broadcast_id)
+        body = summarize(session, broadcast)
+        rate = recent_rate(session, broadcast.id)
+    body["progress"] = progress(body, settings.status_callback_url is not None)
+    body["rate"] = {"messages_per_second": rate, "window_seconds": 60}
+    pending = body["recipients"]["by_status"].get("pending", 0)
+    mps = effective_mps(settings, broadcast.kind, broadcast.sender)
+    sending = body["status"] in (BroadcastStatus.QUEUED, BroadcastStatus.SENDING)
+    body["eta_seconds"] = eta_seconds(pending, mps, rate) if sending else None
+    body["scheduled_at"] = iso(broadcast.scheduled_at)
+    return jsonify(body)
+
+
+LIST_MAX = 200
+
+
+def _cursor(broadcast: Broadcast) -> str:
+    raw = f"{iso(broadcast.created_at)}|{broadcast.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _after_cursor(cursor: str):
+    try:
+        created, _, bid = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        created_at, broadcast_id = datetime.fromisoformat(created), uuid.UUID(bid)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_request", "cursor: not a cursor this API gave out") from None
+    return or_(
+        Broadcast.created_at < created_at,
+        and_(Broadcast.created_at == created_at, Broadcast.id < broadcast_id),
+    )
+
+
+def _time_arg(name: str) -> datetime | None:
+    value = request.args.get(name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name}: must be an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@bp.get("")
+def list_broadcasts():
+    """Newest first, filtered by status and creation time, in keyset pages."""
+    try:
+        limit = int(request.args.get("limit", 50))
+    except ValueError:
+        raise ApiError(400, "invalid_request", "limit: must be a whole number") from None
+    if not 1 <= limit <= LIST_MAX:
+        raise ApiError(400, "invalid_request", f"limit: must be between 1 and {LIST_MAX}")
+    query = select(Broadcast)
+    if request.args.get("status"):
+        query = query.where(Broadcast.status.in_(request.args["status"].split(",")))
+    if (after := _time_arg("created_after")) is not None:
+        query = query.where(Broadcast.created_at >= after)
+    if (before := _time_arg("created_before")) is not None:
+        query = query.where(Broadcast.created_at < before)
+    if request.args.get("cursor"):
+        query = query.where(_after_cursor(request.args["cursor"]))
+    query = query.order_by(Broadcast.created_at.desc(), Broadcast.id.desc()).limit(limit)
     with session_scope(_settings().database_url) as session:
-        broadcast = session.get(Broadcast, bid)
-        if broadcast is None:
-            raise ApiError(404, "not_found", f"no broadcast {broadcast_id!r}")
-        return jsonify(summarize(session, broadcast))
+        rows = list(session.scalars(query))
+    return jsonify(
+        {
+            "broadcasts": [
+                {
+                    "id": str(row.id),
+                    "kind": row.kind,
+                    "status": row.status,
+                    "sender": row.sender,
+                    "counts": row.counts,
+                    "created_at": iso(row.created_at),
+                    "scheduled_at": iso(row.scheduled_at),
+                    "finished_at": iso(row.finished_at),
+                }
+                for row in rows
+            ],
+            "next_cursor": _cursor(rows[-1]) if len(rows) == limit else None,
+        }
+    )

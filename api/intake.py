@@ -8,6 +8,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,6 +48,8 @@ class BroadcastRequest(BaseModel):
     skip_invalid: bool = False
     # Where to POST a signed notice once the broadcast is final.
     callback_url: str | None = None
+    # ISO 8601 with a zone; the broadcast waits, `scheduled`, until then.
+    send_at: datetime | None = None
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Plan:
     invalid: list[dict] = field(default_factory=list)
     duplicates: int = 0
     callback_url: str | None = None
+    send_at: datetime | None = None
 
 
 def parse_request(payload: Any, settings: Settings) -> BroadcastRequest:
@@ -112,6 +116,16 @@ def check_callback_url(url: str | None, settings: Settings) -> str | None:
         raise ApiError(400, "invalid_request", f"callback_url: {error}") from None
 
 
+def check_send_at(send_at: datetime | None) -> datetime | None:
+    if send_at is None:
+        return None
+    if send_at.tzinfo is None:
+        raise ApiError(400, "invalid_request", "send_at: must include a time zone (Z or +HH:MM)")
+    if send_at <= utcnow():
+        raise ApiError(400, "invalid_request", "send_at: is in the past")
+    return send_at
+
+
 def check_text(text: str) -> tuple[str, int]:
     if not text.strip():
         raise ApiError(400, "invalid_request", "text: must not be empty")
@@ -146,6 +160,7 @@ def plan_broadcast(session: Session, request: BroadcastRequest, settings: Settin
     sender = check_sender(request.sender, settings)
     encoding, segments = check_text(request.text)
     callback_url = check_callback_url(request.callback_url, settings)
+    send_at = check_send_at(request.send_at)
     first_index, invalid, duplicates = normalise_all(request.recipients, settings.default_region)
     if sender in first_index:
         # Plivo (and its SDK) refuse a whole call whose destinations include its source.
@@ -178,6 +193,7 @@ def plan_broadcast(session: Session, request: BroadcastRequest, settings: Settin
         invalid,
         duplicates,
         callback_url,
+        send_at,
     )
 
 
@@ -197,6 +213,7 @@ def response_body(broadcast_id: uuid.UUID, plan: Plan, batch_count: int, status:
         "encoding": plan.encoding,
         "segments": {"per_message": plan.segments, "total": plan.segments * len(plan.to_send)},
         "invalid": plan.invalid[:INVALID_SHOWN],
+        "send_at": plan.send_at.isoformat() if plan.send_at else None,
     }
 
 
@@ -213,7 +230,12 @@ def write_broadcast(
     broadcast_id = uuid.uuid4()
     size = settings.batch_size
     batch_count = math.ceil(len(plan.to_send) / size)
-    status = BroadcastStatus.QUEUED if batch_count else BroadcastStatus.COMPLETED
+    if not batch_count:
+        status = BroadcastStatus.COMPLETED
+    elif plan.send_at:
+        status = BroadcastStatus.SCHEDULED
+    else:
+        status = BroadcastStatus.QUEUED
     body = response_body(broadcast_id, plan, batch_count, status)
     now = utcnow()
     session.execute(
@@ -231,6 +253,7 @@ def write_broadcast(
             request_hash=request_hash,
             intake_response=body,
             callback_url=plan.callback_url,
+            scheduled_at=plan.send_at,
             created_at=now,
             updated_at=now,
             finished_at=None if batch_count else now,
@@ -247,8 +270,9 @@ def write_broadcast(
                     "size": len(plan.to_send[seq * size : (seq + 1) * size]),
                     "status": BatchStatus.PENDING,
                     "attempts": 0,
-                    # Enqueued right after commit; reset to NULL if the broker refuses.
-                    "enqueued_at": now,
+                    # Enqueued right after commit (NULL if the broker refuses); a scheduled
+                    # broadcast's batches wait for the reconciler to start it.
+                    "enqueued_at": None if plan.send_at else now,
                     "created_at": now,
                     "updated_at": now,
                 }

@@ -31,6 +31,16 @@ def configured_mps(settings: Settings, kind: str, sender: str | None = None) -> 
     return settings.effective_sms_mps if kind == "sms" else settings.mms_mps
 
 
+def effective_mps(settings: Settings, kind: str, sender: str) -> float:
+    """The limit a reservation for `sender` would use right now (0 = unlimited)."""
+    client = redis_client(settings.redis_url)
+    for key in (field(kind, sender), field(kind)):
+        value = client.hget(LIMITS_KEY, key)
+        if value is not None:
+            return float(value)
+    return configured_mps(settings, kind, sender)
+
+
 def read_limits(settings: Settings) -> dict:
     """Effective limits: Redis overrides over configuration, each marked with its source."""
     overrides = {

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import Batch, Broadcast, Recipient
+from shared.models import Batch, Broadcast, Recipient, as_utc, utcnow
 from shared.plivo_codes import meaning
 
 
 def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC (SQLite hands datetimes back without their zone)."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat()
+    """ISO 8601 with its zone."""
+    return as_utc(moment).isoformat() if moment is not None else None
 
 
 def _grouped(session: Session, column, broadcast_id) -> dict:
@@ -53,3 +49,33 @@ def summarize(session: Session, broadcast: Broadcast) -> dict:
         "updated_at": iso(broadcast.updated_at),
         "finished_at": iso(broadcast.finished_at),
     }
+
+
+def progress(summary: dict, await_reports: bool) -> dict:
+    """How many recipients have reached the end of the road. With delivery reports on,
+    `queued` and `sent` are still on their way; without them, `queued` is as far as we see."""
+    by_status = summary["recipients"]["by_status"]
+    total = summary["recipients"]["total"]
+    waiting = ("pending", "queued", "sent") if await_reports else ("pending",)
+    final = total - sum(by_status.get(status, 0) for status in waiting)
+    percent = round(100 * final / total, 1) if total else 100.0
+    return {"final": final, "total": total, "percent": percent}
+
+
+def recent_rate(session: Session, broadcast_id, window_seconds: int = 60) -> float:
+    """Messages handed to Plivo per second over the last `window_seconds`."""
+    since = utcnow() - timedelta(seconds=window_seconds)
+    sent = session.scalar(
+        select(func.coalesce(func.sum(Batch.size), 0)).where(
+            Batch.broadcast_id == broadcast_id, Batch.submitted_at >= since
+        )
+    )
+    return round(sent / window_seconds, 2)
+
+
+def eta_seconds(pending: int, mps: float, rate: float) -> float | None:
+    """Time left at the pacing limit (or, unlimited, at the rate seen lately)."""
+    if pending == 0:
+        return 0.0
+    speed = mps if mps > 0 else rate
+    return round(pending / speed, 1) if speed > 0 else None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import chunked, is_postgres
+from shared.lifecycle import sweep_cancelled
 from shared.models import (
     Batch,
     BatchStatus,
@@ -17,6 +18,7 @@ from shared.models import (
     BroadcastStatus,
     Recipient,
     RecipientStatus,
+    as_utc,
     utcnow,
 )
 from shared.opt_outs import opted_out_among
@@ -34,17 +36,18 @@ class Job:
     slot: datetime | None = None  # reserved send time, when an earlier attempt booked one
 
 
+def _broadcast_sendable():
+    return exists().where(
+        and_(Broadcast.id == Batch.broadcast_id, Broadcast.status.in_(BroadcastStatus.SENDABLE))
+    )
+
+
 def claim_batch(session: Session, batch_id: int, lease: timedelta) -> str | None:
     """Take a pending batch of a sendable broadcast; None when someone else has it or it
     is not due. One conditional UPDATE, so a duplicate task changes nothing."""
     now = utcnow()
     token = str(uuid.uuid4())
-    sendable = exists().where(
-        and_(
-            Broadcast.id == Batch.broadcast_id,
-            Broadcast.status.in_(BroadcastStatus.SENDABLE),
-        )
-    )
+    sendable = _broadcast_sendable()
     result = session.execute(
         update(Batch)
         .where(
@@ -96,9 +99,7 @@ def load_job(session: Session, batch_id: int) -> Job:
             RecipientStatus.SKIPPED,
             reason="opted out",
         )
-    slot = batch.not_before
-    if slot is not None and slot.tzinfo is None:
-        slot = slot.replace(tzinfo=UTC)  # SQLite hands back naive datetimes
+    slot = as_utc(batch.not_before) if batch.not_before else None
     return Job(broadcast.id, broadcast.sender, broadcast.text, recipients, slot)
 
 
@@ -108,10 +109,26 @@ def mark_submitting(session: Session, batch_id: int, token: str, lease: timedelt
     now = utcnow()
     result = session.execute(
         _fenced(batch_id, token)
-        .where(Batch.status == BatchStatus.CLAIMED)
+        .where(Batch.status == BatchStatus.CLAIMED, _broadcast_sendable())
         .values(status=BatchStatus.SUBMITTING, lease_expires_at=now + lease, updated_at=now)
     )
     return result.rowcount == 1
+
+
+def stand_down(session: Session, batch_id: int, token: str) -> str | None:
+    """The broadcast was paused or cancelled while this batch waited for its slot: give the
+    batch back (paused) or cancel it with its recipients (cancelled)."""
+    status = session.scalar(
+        select(Broadcast.status)
+        .join(Batch, Batch.broadcast_id == Broadcast.id)
+        .where(Batch.id == batch_id)
+    )
+    if status not in (BroadcastStatus.PAUSED, BroadcastStatus.CANCELLED):
+        return None
+    release(session, batch_id, token, not_before=None, enqueued=False)
+    if status == BroadcastStatus.CANCELLED:
+        sweep_cancelled(session, session.get(Batch, batch_id).broadcast_id)
+    return status
 
 
 def release(

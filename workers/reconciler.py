@@ -12,6 +12,7 @@ from datetime import timedelta
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import lifecycle
 from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.logs import log_event
@@ -148,11 +149,24 @@ def release_notices(session: Session, broadcast_ids: list[str]) -> None:
     )
 
 
+def sweep_cancelled_broadcasts(session: Session) -> int:
+    """Batches handed back after their broadcast was cancelled are cancelled too."""
+    pending = exists().where(
+        and_(Batch.broadcast_id == Broadcast.id, Batch.status == BatchStatus.PENDING)
+    )
+    cancelled = session.scalars(
+        select(Broadcast.id).where(Broadcast.status == BroadcastStatus.CANCELLED, pending)
+    ).all()
+    return sum(lifecycle.sweep_cancelled(session, broadcast_id) for broadcast_id in cancelled)
+
+
 def reconcile(settings: Settings) -> dict[str, int]:
     """One pass; every step is idempotent, so overlapping passes do no harm."""
     with session_scope(settings.database_url) as session:
+        started = lifecycle.start_due(session)
         released = release_expired_claims(session)
         unknown = expire_stale_submissions(session)
+        sweep_cancelled_broadcasts(session)
     with session_scope(settings.database_url) as session:
         due = claim_due_batches(session, settings)
     enqueued = 0
@@ -179,6 +193,7 @@ def reconcile(settings: Settings) -> dict[str, int]:
             with session_scope(settings.database_url) as session:
                 release_notices(session, notices)
     counts = {
+        "started": started,
         "released": released,
         "unknown": unknown,
         "enqueued": enqueued,

@@ -91,8 +91,10 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
 
     with session_scope(url) as session:
         if not batches.mark_submitting(session, batch_id, token, lease):
-            log_event(log, "batch.lost_claim", batch_id=batch_id)
-            return {"batch_id": batch_id, "outcome": "lost_claim"}
+            # Paused or cancelled meanwhile (nothing is sent), or our lease was released.
+            outcome = batches.stand_down(session, batch_id, token) or "lost_claim"
+            log_event(log, "batch.stood_down", batch_id=batch_id, outcome=outcome)
+            return {"batch_id": batch_id, "outcome": outcome}
     # The session is closed before the slow HTTP call so no connection or lock is held
     # while Plivo answers.
     if not job.recipients:

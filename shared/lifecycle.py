@@ -1,0 +1,227 @@
+"""Operator actions on a broadcast (pause, resume, cancel, retry) and its scheduled start.
+
+Each is one transaction of conditional updates, so calling it twice, or racing a worker,
+changes nothing twice. In-flight batches are never touched here: a worker holding one
+finishes its call and records the outcome; claims check the broadcast's status."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.db import chunked
+from shared.models import (
+    Batch,
+    BatchStatus,
+    Broadcast,
+    BroadcastStatus,
+    Recipient,
+    RecipientStatus,
+    as_utc,
+    utcnow,
+)
+from shared.opt_outs import opted_out_among
+
+RETRYABLE = (RecipientStatus.FAILED, RecipientStatus.UNKNOWN, RecipientStatus.UNDELIVERED)
+CANCELLED_REASON = "cancelled"
+
+
+class ActionRefused(Exception):
+    """The broadcast's state does not allow this action; the message says why."""
+
+
+def _locked(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
+    # FOR UPDATE on PostgreSQL serialises two operators acting at once; SQLite writers are
+    # serialised anyway.
+    broadcast = session.scalar(
+        select(Broadcast).where(Broadcast.id == broadcast_id).with_for_update()
+    )
+    if broadcast is None:
+        raise LookupError(broadcast_id)
+    return broadcast
+
+
+def pause(session: Session, broadcast_id: uuid.UUID, reason: str = "paused by operator") -> str:
+    broadcast = _locked(session, broadcast_id)
+    if broadcast.status == BroadcastStatus.PAUSED:
+        return broadcast.status
+    if broadcast.status in BroadcastStatus.FINAL:
+        raise ActionRefused(f"the broadcast is already {broadcast.status}")
+    broadcast.status = BroadcastStatus.PAUSED
+    broadcast.status_reason = reason
+    return broadcast.status
+
+
+def resume(session: Session, broadcast_id: uuid.UUID) -> tuple[str, list[int]]:
+    """Back to sending; returns the pending batch ids to enqueue after commit. Their old
+    pacing slots are dropped: sent now, they would burst past the limit."""
+    broadcast = _locked(session, broadcast_id)
+    if broadcast.status != BroadcastStatus.PAUSED:
+        if broadcast.status in BroadcastStatus.FINAL:
+            raise ActionRefused(f"the broadcast is {broadcast.status}")
+        return broadcast.status, []
+    now = utcnow()
+    if broadcast.scheduled_at is not None and as_utc(broadcast.scheduled_at) > now:
+        broadcast.status = BroadcastStatus.SCHEDULED
+    else:
+        started = session.scalar(
+            select(func.count())
+            .select_from(Batch)
+            .where(Batch.broadcast_id == broadcast_id, Batch.status != BatchStatus.PENDING)
+        )
+        broadcast.status = BroadcastStatus.SENDING if started else BroadcastStatus.QUEUED
+    broadcast.status_reason = None
+    if broadcast.status == BroadcastStatus.SCHEDULED:
+        return broadcast.status, []
+    pending = list(
+        session.scalars(
+            select(Batch.id).where(
+                Batch.broadcast_id == broadcast_id, Batch.status == BatchStatus.PENDING
+            )
+        )
+    )
+    if pending:
+        session.execute(
+            update(Batch)
+            .where(Batch.id.in_(pending), Batch.status == BatchStatus.PENDING)
+            .values(not_before=None, enqueued_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return broadcast.status, pending
+
+
+def cancel(session: Session, broadcast_id: uuid.UUID) -> tuple[str, int]:
+    """Cancelled; recipients not yet handed to Plivo become `skipped` (cancelled). Returns
+    the status and how many recipients were skipped by this call."""
+    broadcast = _locked(session, broadcast_id)
+    if broadcast.status in (BroadcastStatus.COMPLETED, BroadcastStatus.COMPLETED_WITH_FAILURES):
+        raise ActionRefused(f"the broadcast is already {broadcast.status}")
+    now = utcnow()
+    if broadcast.status != BroadcastStatus.CANCELLED:
+        broadcast.status = BroadcastStatus.CANCELLED
+        broadcast.status_reason = "cancelled by operator"
+        broadcast.finished_at = now
+    return broadcast.status, sweep_cancelled(session, broadcast_id)
+
+
+def sweep_cancelled(session: Session, broadcast_id: uuid.UUID) -> int:
+    """Pending batches of a cancelled broadcast become `cancelled`, their recipients
+    `skipped`. Also run by the reconciler, for batches a worker handed back afterwards."""
+    now = utcnow()
+    pending = list(
+        session.scalars(
+            select(Batch.id).where(
+                Batch.broadcast_id == broadcast_id, Batch.status == BatchStatus.PENDING
+            )
+        )
+    )
+    skipped = 0
+    for chunk in chunked(pending):
+        session.execute(
+            update(Batch)
+            .where(Batch.id.in_(chunk), Batch.status == BatchStatus.PENDING)
+            .values(status=BatchStatus.CANCELLED, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        skipped += session.execute(
+            update(Recipient)
+            .where(Recipient.batch_id.in_(chunk), Recipient.status == RecipientStatus.PENDING)
+            .values(status=RecipientStatus.SKIPPED, error_reason=CANCELLED_REASON, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return skipped
+
+
+@dataclass
+class RetryPlan:
+    retried: int
+    skipped: int
+    batch_ids: list[int]
+
+
+def retry(
+    session: Session, broadcast_id: uuid.UUID, statuses: list[str], batch_size: int
+) -> RetryPlan:
+    """New batches for exactly the recipients in `statuses` (whose batches are over);
+    opted-out numbers are skipped instead. Returns batch ids to enqueue after commit."""
+    broadcast = _locked(session, broadcast_id)
+    if broadcast.status in (BroadcastStatus.CANCELLED, BroadcastStatus.SCHEDULED):
+        raise ActionRefused(f"the broadcast is {broadcast.status}")
+    final_batch = select(Batch.id).where(
+        Batch.broadcast_id == broadcast_id, Batch.status.in_(BatchStatus.FINAL)
+    )
+    rows = session.execute(
+        select(Recipient.id, Recipient.phone)
+        .where(
+            Recipient.broadcast_id == broadcast_id,
+            Recipient.status.in_(statuses),
+            Recipient.batch_id.in_(final_batch),
+        )
+        .order_by(Recipient.id)
+    ).all()
+    if not rows:
+        return RetryPlan(0, 0, [])
+    blocked = opted_out_among(session, [phone for _, phone in rows])
+    now = utcnow()
+    skip_ids = [rid for rid, phone in rows if phone in blocked]
+    for chunk in chunked(skip_ids):
+        session.execute(
+            update(Recipient)
+            .where(Recipient.id.in_(chunk))
+            .values(status=RecipientStatus.SKIPPED, error_reason="opted out", updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    send_ids = [rid for rid, phone in rows if phone not in blocked]
+    next_seq = (
+        session.scalar(select(func.max(Batch.seq)).where(Batch.broadcast_id == broadcast_id)) or 0
+    ) + 1
+    batch_ids = []
+    for offset in range(0, len(send_ids), batch_size):
+        ids = send_ids[offset : offset + batch_size]
+        batch = Batch(
+            broadcast_id=broadcast_id,
+            seq=next_seq + offset // batch_size,
+            size=len(ids),
+            status=BatchStatus.PENDING,
+            attempts=0,
+            enqueued_at=now,
+        )
+        session.add(batch)
+        session.flush()
+        batch_ids.append(batch.id)
+        for chunk in chunked(ids):
+            session.execute(
+                update(Recipient)
+                .where(Recipient.id.in_(chunk))
+                .values(
+                    batch_id=batch.id,
+                    status=RecipientStatus.PENDING,
+                    message_uuid=None,
+                    error_code=None,
+                    error_reason=None,
+                    sent_at=None,
+                    finished_at=None,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+    if batch_ids and broadcast.status != BroadcastStatus.PAUSED:
+        broadcast.status = BroadcastStatus.SENDING
+    broadcast.finished_at = None
+    broadcast.notified_at = None
+    return RetryPlan(len(send_ids), len(skip_ids), batch_ids)
+
+
+def start_due(session: Session) -> int:
+    """Scheduled broadcasts whose time has come become `queued`; the reconciler then
+    enqueues their batches like any other pending ones."""
+    now = utcnow()
+    return session.execute(
+        update(Broadcast)
+        .where(Broadcast.status == BroadcastStatus.SCHEDULED, Broadcast.scheduled_at <= now)
+        .values(status=BroadcastStatus.QUEUED, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
