@@ -30,6 +30,7 @@ task_queues = [Queue(name) for name in ("sms", "mms", "webhooks", "maintenance")
 task_default_queue = "maintenance"
 task_routes = {
     "send_sms_batch": {"queue": "sms"},
+    "send_mms_batch": {"queue": "mms"},
     "reconcile": {"queue": "maintenance"},
     "apply_status_events": {"queue": "webhooks"},
     "notify_completion": {"queue": "webhooks"},

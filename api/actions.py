@@ -12,7 +12,7 @@ from api.errors import ApiError
 from shared import lifecycle
 from shared.db import session_scope
 from shared.logs import log_event
-from shared.taskqueue import EnqueueError, enqueue_sms_batches
+from shared.taskqueue import EnqueueError, enqueue_batches
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def _act(broadcast_id: str, action):
     bid = parse_id(broadcast_id)
     try:
         with session_scope(settings.database_url) as session:
-            load(session, broadcast_id)
+            g.broadcast_kind = load(session, broadcast_id).kind
             result = action(session, bid)
     except lifecycle.ActionRefused as refused:
         raise ApiError(409, "conflict", str(refused)) from None
@@ -38,7 +38,8 @@ def _enqueue(broadcast_id, batch_ids: list[int]) -> list[str]:
     if not batch_ids:
         return []
     try:
-        enqueue_sms_batches(current_app.config["SETTINGS"].redis_url, broadcast_id, batch_ids)
+        redis_url = current_app.config["SETTINGS"].redis_url
+        enqueue_batches(redis_url, g.broadcast_kind, broadcast_id, batch_ids)
     except EnqueueError:
         return ["the task broker is unavailable; the reconciler will enqueue the batches"]
     return []
@@ -85,8 +86,10 @@ def retry(broadcast_id: str):
     ):
         allowed = ", ".join(lifecycle.RETRYABLE)
         raise ApiError(400, "invalid_request", f"statuses: a non-empty list of {allowed}")
-    size = current_app.config["SETTINGS"].batch_size
-    bid, plan = _act(broadcast_id, lambda session, b: lifecycle.retry(session, b, statuses, size))
+    settings = current_app.config["SETTINGS"]
+    bid, plan = _act(
+        broadcast_id, lambda session, b: lifecycle.retry(session, b, statuses, settings)
+    )
     warnings = _enqueue(bid, plan.batch_ids)
     log_event(log, "broadcast.retried", broadcast_id=bid, retried=plan.retried)
     return (

@@ -22,7 +22,7 @@ from shared.limits import effective_mps
 from shared.logs import log_event
 from shared.models import Batch, Broadcast, BroadcastStatus
 from shared.progress import eta_seconds, iso, progress, recent_rate, summarize
-from shared.taskqueue import EnqueueError, enqueue_sms_batches
+from shared.taskqueue import EnqueueError, enqueue_batches
 
 bp = Blueprint("broadcasts", __name__, url_prefix="/v1/broadcasts")
 bp.before_request(require_api_key)
@@ -86,6 +86,13 @@ def _replay(session: Session, key: str, request_hash: str):
 @bp.post("")
 def create_broadcast():
     """Validate, persist in one transaction, then enqueue one task per batch."""
+    return accept(lambda payload, settings: parse_request(payload, settings), plan_broadcast)
+
+
+def accept(parse, plan):
+    """The intake flow every kind of broadcast shares: Idempotency-Key replay, validation
+    before any write, one transaction, then enqueueing after commit. `parse(payload,
+    settings)` builds the request model; `plan(session, request, settings)` the Plan."""
     settings = _settings()
     key = _idempotency_key()
     payload = _read_json()
@@ -96,12 +103,16 @@ def create_broadcast():
             replay = _replay(session, key, request_hash)
         if replay is not None:
             return replay
-    broadcast_request = parse_request(payload, settings)
+    parsed = parse(payload, settings)
     try:
         with session_scope(url) as session:
-            plan = plan_broadcast(session, broadcast_request, settings)
             broadcast_id, batch_ids, body = write_broadcast(
-                session, plan, settings, g.api_key_id, key, request_hash
+                session,
+                plan(session, parsed, settings),
+                settings,
+                g.api_key_id,
+                key,
+                request_hash,
             )
     except IntegrityError:
         # Two identical requests raced on one Idempotency-Key: the other one won.
@@ -116,13 +127,14 @@ def create_broadcast():
         log,
         "broadcast.accepted",
         broadcast_id=broadcast_id,
+        kind=body["kind"],
         recipients=body["counts"]["accepted"],
         batches=len(batch_ids),
         api_key_id=g.api_key_id,
     )
     if batch_ids and body["status"] == BroadcastStatus.QUEUED:
         try:
-            enqueue_sms_batches(settings.redis_url, broadcast_id, batch_ids)
+            enqueue_batches(settings.redis_url, body["kind"], broadcast_id, batch_ids)
         except EnqueueError as error:
             log_event(
                 log,

@@ -34,6 +34,7 @@ from shared.urls import UnsafeUrl, check_url
 
 INVALID_SHOWN = 20
 NULL = "\\N"  # COPY text format
+REJECTED_REASON = "MMS reaches only the US and Canada"
 _E164_SENDER = re.compile(r"\+[1-9]\d{6,14}")
 _ALPHANUMERIC_SENDER = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 
@@ -57,8 +58,8 @@ class Plan:
     """A validated broadcast, ready to be written."""
 
     sender: str
-    text: str
-    encoding: str
+    text: str | None
+    encoding: str | None
     segments: int
     to_send: list[str]
     skipped: list[str]
@@ -66,6 +67,11 @@ class Plan:
     duplicates: int = 0
     callback_url: str | None = None
     send_at: datetime | None = None
+    kind: str = "sms"
+    media: dict | None = None
+    # Valid numbers this kind cannot reach (MMS outside the US and Canada), kept as
+    # `rejected` when the client asked to skip them.
+    rejected: list[str] = field(default_factory=list)
 
 
 def parse_request(payload: Any, settings: Settings) -> BroadcastRequest:
@@ -155,52 +161,84 @@ def normalise_all(values: list[Any], region: str | None) -> tuple[dict[str, int]
     return seen, invalid, duplicates
 
 
+@dataclass
+class Audience:
+    """Recipients after normalising, de-duplicating, and checking the opt-out list."""
+
+    to_send: list[str]
+    skipped: list[str]
+    invalid: list[dict]
+    duplicates: int
+    rejected: list[str]
+
+
+def plan_audience(
+    session: Session,
+    values: list[Any],
+    sender: str,
+    skip_invalid: bool,
+    settings: Settings,
+    reachable=None,
+    why: str = "",
+) -> Audience:
+    """Refuses (400, listing index/value/reason) any invalid number unless skip_invalid.
+    `reachable(number)` filters numbers this kind of message cannot reach."""
+    first_index, invalid, duplicates = normalise_all(values, settings.default_region)
+    if sender in first_index:
+        # Plivo (and its SDK) refuse a whole call whose destinations include its source.
+        index = first_index.pop(sender)
+        invalid.append({"index": index, "value": values[index], "reason": "is the sender's number"})
+    rejected, unreachable = [], []
+    if reachable is not None:
+        for number, index in list(first_index.items()):
+            if not reachable(number):
+                del first_index[number]
+                rejected.append(number)
+                unreachable.append({"index": index, "value": values[index], "reason": why})
+    problems = sorted(invalid + unreachable, key=lambda item: item["index"])
+    if problems and not skip_invalid:
+        raise ApiError(
+            400,
+            "invalid_recipients",
+            f"recipients: {len(problems)} invalid phone number(s); "
+            "send E.164 numbers such as +14155550100 (or set skip_invalid)",
+            {"invalid": problems[:INVALID_SHOWN], "invalid_total": len(problems)},
+        )
+    invalid.sort(key=lambda item: item["index"])
+    numbers = list(first_index)
+    if not numbers:
+        raise ApiError(400, "invalid_request", "recipients: no valid phone number left")
+    blocked = opted_out_among(session, numbers)
+    to_send = [n for n in numbers if n not in blocked] if blocked else numbers
+    skipped = [n for n in numbers if n in blocked]
+    return Audience(to_send, skipped, invalid, duplicates, rejected)
+
+
 def plan_broadcast(session: Session, request: BroadcastRequest, settings: Settings) -> Plan:
     """All validation, before anything is written. Raises ApiError naming the field."""
     sender = check_sender(request.sender, settings)
     encoding, segments = check_text(request.text)
     callback_url = check_callback_url(request.callback_url, settings)
     send_at = check_send_at(request.send_at)
-    first_index, invalid, duplicates = normalise_all(request.recipients, settings.default_region)
-    if sender in first_index:
-        # Plivo (and its SDK) refuse a whole call whose destinations include its source.
-        index = first_index.pop(sender)
-        invalid.append(
-            {"index": index, "value": request.recipients[index], "reason": "is the sender's number"}
-        )
-        invalid.sort(key=lambda item: item["index"])
-    numbers = list(first_index)
-    if invalid and not request.skip_invalid:
-        raise ApiError(
-            400,
-            "invalid_recipients",
-            f"recipients: {len(invalid)} invalid phone number(s); "
-            "send E.164 numbers such as +14155550100 (or set skip_invalid)",
-            {"invalid": invalid[:INVALID_SHOWN], "invalid_total": len(invalid)},
-        )
-    if not numbers:
-        raise ApiError(400, "invalid_request", "recipients: no valid phone number left")
-    blocked = opted_out_among(session, numbers)
-    to_send = [n for n in numbers if n not in blocked] if blocked else numbers
-    skipped = [n for n in numbers if n in blocked]
+    audience = plan_audience(session, request.recipients, sender, request.skip_invalid, settings)
     return Plan(
-        sender,
-        request.text,
-        encoding,
-        segments,
-        to_send,
-        skipped,
-        invalid,
-        duplicates,
-        callback_url,
-        send_at,
+        sender=sender,
+        text=request.text,
+        encoding=encoding,
+        segments=segments,
+        to_send=audience.to_send,
+        skipped=audience.skipped,
+        invalid=audience.invalid,
+        duplicates=audience.duplicates,
+        callback_url=callback_url,
+        send_at=send_at,
     )
 
 
 def response_body(broadcast_id: uuid.UUID, plan: Plan, batch_count: int, status: str) -> dict:
     return {
         "id": str(broadcast_id),
-        "kind": "sms",
+        "kind": plan.kind,
         "status": status,
         "sender": plan.sender,
         "counts": {
@@ -208,6 +246,7 @@ def response_body(broadcast_id: uuid.UUID, plan: Plan, batch_count: int, status:
             "invalid": len(plan.invalid),
             "duplicates": plan.duplicates,
             "skipped": len(plan.skipped),
+            "rejected": len(plan.rejected),
         },
         "batches": batch_count,
         "encoding": plan.encoding,
@@ -228,7 +267,7 @@ def write_broadcast(
     """Broadcast, batches and recipients in the caller's transaction; returns the batch ids
     to enqueue after commit and the 202 body."""
     broadcast_id = uuid.uuid4()
-    size = settings.batch_size
+    size = settings.batch_size_for(plan.kind)
     batch_count = math.ceil(len(plan.to_send) / size)
     if not batch_count:
         status = BroadcastStatus.COMPLETED
@@ -241,9 +280,10 @@ def write_broadcast(
     session.execute(
         insert(Broadcast).values(
             id=broadcast_id,
-            kind="sms",
+            kind=plan.kind,
             sender=plan.sender,
             text=plan.text,
+            media=plan.media,
             encoding=plan.encoding,
             segments=plan.segments,
             status=status,
@@ -289,6 +329,7 @@ def write_broadcast(
         for index, phone in enumerate(plan.to_send)
     ]
     rows += [(None, phone, RecipientStatus.SKIPPED, "opted out") for phone in plan.skipped]
+    rows += [(None, phone, RecipientStatus.REJECTED, REJECTED_REASON) for phone in plan.rejected]
     _insert_recipients(session, broadcast_id, rows)
     return broadcast_id, batch_ids, body
 

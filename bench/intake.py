@@ -56,7 +56,7 @@ STAGES = [
     ("api.broadcasts", "write_broadcast", "write broadcast/batches/recipients"),
     ("api.intake", "_insert_recipients", "  of which recipients COPY/executemany"),
     (None, None, "commit"),
-    ("api.broadcasts", "enqueue_sms_batches", "enqueue batch tasks to Redis"),
+    ("api.broadcasts", "enqueue_batches", "enqueue batch tasks to Redis"),
 ]
 
 

@@ -5,38 +5,55 @@ from __future__ import annotations
 import argparse
 import logging
 
-from sandbox.config import SandboxConfig, normalize_prefixes
+from sandbox.config import SandboxConfig, describe, env_var, field_names
 from sandbox.server import API_PREFIX, create_app, make_sandbox_server
 
 log = logging.getLogger("sandbox")
+
+EPILOG = """\
+Lists take commas (a,b) or JSON; maps take key=value,key=value or JSON.
+Every setting can also be changed while running: POST /sandbox/config with a partial JSON
+object; GET /sandbox/config shows them all (but the token).
+
+Endpoints:
+  POST /v1/Account/<auth_id>/Message/  Plivo's send-message API (what the SDK calls)
+  GET  /messages/<uuid>                one message: dst, src, type, text, media, status, ...
+  GET  /stats                          counters: sends per number, duplicates, queues, 429s,
+                                       faults, outcomes, callbacks
+  GET  /stats/requests                 one {t, src, type, count} per accepted request
+  POST /stats/reset                    forget everything, including queues and callbacks
+  POST /sandbox/inbound                {"from", "to", "text", "url"?, "intent"?}: posts a
+                                       signed inbound message to url (or inbound_url)
+  GET  /health
+"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sandbox",
-        description="A local Plivo-compatible API server for demos, tests and benchmarks.",
+        description="A local Plivo-compatible API server for demos, tests and benchmarks. "
+        "Settings come from these flags, else from SANDBOX_* environment variables, "
+        "else from the defaults shown.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8020)
-    parser.add_argument("--auth-id", help="overrides SANDBOX_AUTH_ID")
-    parser.add_argument("--auth-token", help="overrides SANDBOX_AUTH_TOKEN")
-    parser.add_argument(
-        "--invalid-prefixes",
-        help="comma-separated digit prefixes reported as invalid numbers; "
-        "overrides SANDBOX_INVALID_PREFIXES",
-    )
+    for name in field_names():
+        help_text, default = describe(name)
+        shown = "" if name == "auth_token" else f", default {default!r}"
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar="VALUE",
+            help=f"{help_text} ({env_var(name)}{shown})",
+        )
     return parser.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> SandboxConfig:
-    config = SandboxConfig.from_env()
-    if args.auth_id:
-        config.auth_id = args.auth_id
-    if args.auth_token:
-        config.auth_token = args.auth_token
-    if args.invalid_prefixes is not None:
-        config.invalid_prefixes = normalize_prefixes(args.invalid_prefixes.split(","))
-    return config
+    flags = {name: getattr(args, name) for name in field_names() if getattr(args, name) is not None}
+    return SandboxConfig.from_env().with_text(flags)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,21 +63,23 @@ def main(argv: list[str] | None = None) -> None:
         config = build_config(args)
     except ValueError as error:
         raise SystemExit(f"python -m sandbox: {error}") from None
-    server = make_sandbox_server(create_app(config), args.host, args.port)
+    app = create_app(config)
+    server = make_sandbox_server(app, args.host, args.port)
     base_url = f"http://{args.host}:{server.port}"
     log.info(
-        "Plivo sandbox on %s (auth_id %s, invalid prefixes %s); SDK base URI %s%s",
+        "Plivo sandbox on %s (auth_id %s); SDK base URI %s%s; settings at %s/sandbox/config",
         base_url,
         config.auth_id,
-        ",".join(config.invalid_prefixes) or "none",
         base_url,
         API_PREFIX,
+        base_url,
     )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        app.extensions["sandbox"].close()
         server.server_close()
 
 

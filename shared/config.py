@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # Messages per second; 0 means unlimited (the sandbox, benchmarks).
     sms_mps: float | None = Field(None, ge=0)
     mms_mps: float = Field(0.25, ge=0)
+    # One destination per MMS call unless bulk MMS is shown to work on the account.
+    mms_batch_size: int = Field(1, ge=1, le=1000)
+    mms_allow_http: bool = False
+    # HEAD/ranged GET of each media URL at intake; default on with Plivo, off in sandbox.
+    media_check: bool | None = None
     sender_mps: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     request_limit: int = Field(300, ge=1)
     request_window: float = Field(5.0, gt=0)
@@ -216,6 +221,13 @@ class Settings(BaseSettings):
         if self.sms_mps is not None:
             return self.sms_mps
         return SANDBOX_DEFAULT_SMS_MPS if self.sandbox_mode else PLIVO_DEFAULT_SMS_MPS
+
+    def batch_size_for(self, kind: str) -> int:
+        return self.batch_size if kind == "sms" else self.mms_batch_size
+
+    @property
+    def effective_media_check(self) -> bool:
+        return self.media_check if self.media_check is not None else not self.sandbox_mode
 
     @property
     def effective_callback_secret(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shared.config import Settings
 from shared.db import chunked
 from shared.models import (
     Batch,
@@ -143,7 +144,7 @@ class RetryPlan:
 
 
 def retry(
-    session: Session, broadcast_id: uuid.UUID, statuses: list[str], batch_size: int
+    session: Session, broadcast_id: uuid.UUID, statuses: list[str], settings: Settings
 ) -> RetryPlan:
     """New batches for exactly the recipients in `statuses` (whose batches are over);
     opted-out numbers are skipped instead. Returns batch ids to enqueue after commit."""
@@ -175,6 +176,7 @@ def retry(
             .execution_options(synchronize_session=False)
         )
     send_ids = [rid for rid, phone in rows if phone not in blocked]
+    batch_size = settings.batch_size_for(broadcast.kind)
     next_seq = (
         session.scalar(select(func.max(Batch.seq)).where(Batch.broadcast_id == broadcast_id)) or 0
     ) + 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -122,6 +124,29 @@ class PlivoClient:
             kind = STATUS_KINDS.get(status, ErrorKind.PERMANENT)
             raise PlivoError(kind, str(error), status) from error
         return _read_result(response, by_address)
+
+    def upload_media(self, path: str) -> dict:
+        """Upload one file to Plivo's media store; returns its media_id and details."""
+        self._last_status = None
+        try:
+            # The SDK prints each path it uploads; keep that out of our output.
+            with contextlib.redirect_stdout(io.StringIO()):
+                response = self._sdk.media.upload([path])
+        except requests.RequestException as error:
+            raise PlivoError(classify_transport_error(error), _describe(error)) from error
+        except plivo_errors.PlivoRestError as error:
+            kind = STATUS_KINDS.get(self._last_status, ErrorKind.PERMANENT)
+            raise PlivoError(kind, str(error), self._last_status) from error
+        try:
+            item = response.objects[0]
+            return {
+                "media_id": item.media_id,
+                "media_url": getattr(item, "media_url", None),
+                "content_type": getattr(item, "content_type", None),
+                "size": getattr(item, "size", None),
+            }
+        except (AttributeError, IndexError, TypeError) as error:
+            raise PlivoError(ErrorKind.AMBIGUOUS, f"unreadable response: {error}") from error
 
 
 def _describe(error: requests.RequestException) -> str:

@@ -15,6 +15,7 @@ MAINTENANCE_QUEUE = "maintenance"
 QUEUES = (SMS_QUEUE, MMS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
 
 SEND_SMS_BATCH = "send_sms_batch"
+SEND_MMS_BATCH = "send_mms_batch"
 RECONCILE = "reconcile"
 APPLY_STATUS_EVENTS = "apply_status_events"
 NOTIFY_COMPLETION = "notify_completion"
@@ -55,19 +56,16 @@ def enqueue_tasks(
         raise EnqueueError(str(error)) from error
 
 
-def enqueue_sms_batches(
+def enqueue_batches(
     broker_url: str,
+    kind: str,
     broadcast_id: uuid.UUID,
     batch_ids: list[int],
     countdown: float | None = None,
 ) -> None:
-    """One task per batch. Call only after commit: a task must never reach a worker before
-    its rows exist; the reconciler re-enqueues what the broker did not take."""
+    """One task per batch, on its kind's queue. Call only after commit: a task must never
+    reach a worker before its rows exist; the reconciler re-enqueues what the broker did
+    not take."""
+    name, queue = (SEND_SMS_BATCH, SMS_QUEUE) if kind == "sms" else (SEND_MMS_BATCH, MMS_QUEUE)
     kwargs = [{"batch_id": b, "broadcast_id": str(broadcast_id)} for b in batch_ids]
-    enqueue_tasks(broker_url, SEND_SMS_BATCH, SMS_QUEUE, kwargs, countdown)
-
-
-def enqueue_sms_batch(
-    broker_url: str, broadcast_id: uuid.UUID, batch_id: int, countdown: float | None = None
-) -> None:
-    enqueue_sms_batches(broker_url, broadcast_id, [batch_id], countdown)
+    enqueue_tasks(broker_url, name, queue, kwargs, countdown)

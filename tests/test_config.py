@@ -10,7 +10,7 @@ import pytest
 from shared.config import ConfigError, load_settings
 from tests.conftest import ROOT
 
-LIVE = {"plivo_auth_id": "MA" + "A" * 18, "plivo_auth_token": "secret", "api_keys": "k1"}
+LIVE = {"plivo_auth_id": "MA" + "A" * 18, "plivo_auth_token": "tok-9f8e7d", "api_keys": "k1"}
 
 
 def test_without_credentials_it_runs_in_sandbox_mode():
@@ -76,4 +76,4 @@ def test_the_start_up_check_announces_sandbox_mode():
 
 
 def test_the_token_never_appears_in_the_settings_repr():
-    assert "secret" not in repr(load_settings(_env_file=None, **LIVE))
+    assert "tok-9f8e7d" not in repr(load_settings(_env_file=None, **LIVE))

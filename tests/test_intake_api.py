@@ -35,7 +35,13 @@ def test_it_accepts_a_broadcast_and_enqueues_one_task_per_batch(client, settings
     assert response.status_code == 202
     body = response.get_json()
     assert body["status"] == "queued"
-    assert body["counts"] == {"accepted": 2500, "invalid": 0, "duplicates": 0, "skipped": 0}
+    assert body["counts"] == {
+        "accepted": 2500,
+        "invalid": 0,
+        "duplicates": 0,
+        "skipped": 0,
+        "rejected": 0,
+    }
     assert body["batches"] == 3
     assert body["encoding"] == "GSM"
     assert body["segments"] == {"per_message": 1, "total": 2500}
@@ -82,6 +88,7 @@ def test_it_records_opted_out_recipients_as_skipped(client, settings):
         "invalid": 0,
         "duplicates": 0,
         "skipped": 1,
+        "rejected": 0,
     }
     with session_scope(settings.database_url) as session:
         statuses = dict(session.execute(select(Recipient.phone, Recipient.status)).all())

@@ -34,6 +34,8 @@ class Job:
     text: str | None
     recipients: dict[str, int]  # E.164 → recipient id
     slot: datetime | None = None  # reserved send time, when an earlier attempt booked one
+    kind: str = "sms"
+    media: dict | None = None
 
 
 def _broadcast_sendable():
@@ -100,7 +102,15 @@ def load_job(session: Session, batch_id: int) -> Job:
             reason="opted out",
         )
     slot = as_utc(batch.not_before) if batch.not_before else None
-    return Job(broadcast.id, broadcast.sender, broadcast.text, recipients, slot)
+    return Job(
+        broadcast.id,
+        broadcast.sender,
+        broadcast.text,
+        recipients,
+        slot,
+        broadcast.kind,
+        broadcast.media,
+    )
 
 
 def mark_submitting(session: Session, batch_id: int, token: str, lease: timedelta) -> bool:

@@ -24,9 +24,9 @@ from shared.taskqueue import (
     WEBHOOKS_QUEUE,
     EnqueueError,
     celery_app,
+    enqueue_batches,
     enqueue_tasks,
 )
-from shared.taskqueue import enqueue_sms_batches as enqueue
 from workers import batches
 
 log = logging.getLogger(__name__)
@@ -71,30 +71,30 @@ def expire_stale_submissions(session: Session) -> int:
     return len(stale)
 
 
-def claim_due_batches(session: Session, settings: Settings) -> dict[uuid.UUID, list[int]]:
+def claim_due_batches(
+    session: Session, settings: Settings
+) -> dict[tuple[uuid.UUID, str], list[int]]:
     """Pending batches of sendable broadcasts that are due and have no live task: never
     enqueued (broker down at intake, a long pacing wait) or enqueued so long ago that the
     task must have been lost. Marks them enqueued; the caller enqueues after commit."""
     now = utcnow()
     due = now + timedelta(seconds=settings.pacing_lead)
     lost = now - timedelta(seconds=settings.requeue_after)
-    sendable = exists().where(
-        and_(Broadcast.id == Batch.broadcast_id, Broadcast.status.in_(BroadcastStatus.SENDABLE))
-    )
     rows = session.execute(
-        select(Batch.id, Batch.broadcast_id)
+        select(Batch.id, Batch.broadcast_id, Broadcast.kind)
+        .join(Broadcast, Broadcast.id == Batch.broadcast_id)
         .where(
             Batch.status == BatchStatus.PENDING,
             or_(Batch.not_before.is_(None), Batch.not_before <= due),
             or_(Batch.enqueued_at.is_(None), Batch.enqueued_at < lost),
-            sendable,
+            Broadcast.status.in_(BroadcastStatus.SENDABLE),
         )
         .order_by(Batch.not_before, Batch.id)
         .limit(DISPATCH_LIMIT)
     ).all()
-    found: dict[uuid.UUID, list[int]] = defaultdict(list)
-    for batch_id, broadcast_id in rows:
-        found[broadcast_id].append(batch_id)
+    found: dict[tuple[uuid.UUID, str], list[int]] = defaultdict(list)
+    for batch_id, broadcast_id, kind in rows:
+        found[(broadcast_id, kind)].append(batch_id)
     if rows:
         session.execute(
             update(Batch)
@@ -170,9 +170,9 @@ def reconcile(settings: Settings) -> dict[str, int]:
     with session_scope(settings.database_url) as session:
         due = claim_due_batches(session, settings)
     enqueued = 0
-    for broadcast_id, batch_ids in due.items():
+    for (broadcast_id, kind), batch_ids in due.items():
         try:
-            enqueue(settings.redis_url, broadcast_id, batch_ids)
+            enqueue_batches(settings.redis_url, kind, broadcast_id, batch_ids)
             enqueued += len(batch_ids)
         except EnqueueError:
             with session_scope(settings.database_url) as session:

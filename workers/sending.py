@@ -12,11 +12,13 @@ from shared.logs import log_event
 from shared.models import BatchStatus, RecipientStatus
 from shared.plivo_client import ErrorKind, PlivoError, SendResult, client_for
 from shared.taskqueue import (
+    MMS_QUEUE,
+    SEND_MMS_BATCH,
     SEND_SMS_BATCH,
     SMS_QUEUE,
     EnqueueError,
     celery_app,
-    enqueue_sms_batch,
+    enqueue_batches,
 )
 from workers import batches
 from workers.pacing import Pacer
@@ -26,13 +28,13 @@ log = logging.getLogger(__name__)
 _settings = get_settings()
 
 
-def per_worker_rate(settings: Settings) -> str | None:
+def per_worker_rate(mps: float, batch_size: int) -> str | None:
     """Celery's rate_limit counts tasks per worker process, so it cannot be the real limit
     (N workers would send N times it); it stays as a coarse guard against a pacing bug, at
     ten times the batch rate the MPS allows (a batch may run more than once while waiting)."""
-    if not settings.effective_sms_mps:
+    if not mps:
         return None
-    tasks_per_minute = max(10 * settings.effective_sms_mps * 60 / settings.batch_size, 60)
+    tasks_per_minute = max(10 * mps * 60 / batch_size, 60)
     return f"{tasks_per_minute:.6g}/m"
 
 
@@ -44,21 +46,37 @@ class RetryLater(Exception):
         self.error = error
 
 
+RETRY_OPTIONS = {
+    "bind": True,
+    "autoretry_for": (RetryLater,),
+    # Exponential backoff with full jitter, capped below the broker's visibility timeout.
+    "retry_backoff": _settings.retry_backoff,
+    "retry_backoff_max": int(_settings.retry_backoff_max),
+    "retry_jitter": True,
+    # deliver_batch gives up (batch `failed`) first; this only bounds Celery's own count.
+    "max_retries": _settings.max_retries + 1,
+}
+
+
 @celery_app.task(
     name=SEND_SMS_BATCH,
-    bind=True,
     queue=SMS_QUEUE,
-    rate_limit=per_worker_rate(_settings),
-    autoretry_for=(RetryLater,),
-    # Exponential backoff with full jitter, capped below the broker's visibility timeout.
-    retry_backoff=_settings.retry_backoff,
-    retry_backoff_max=int(_settings.retry_backoff_max),
-    retry_jitter=True,
-    # deliver_batch gives up (batch `failed`) first; this only bounds Celery's own count.
-    max_retries=_settings.max_retries + 1,
+    rate_limit=per_worker_rate(_settings.effective_sms_mps, _settings.batch_size),
+    **RETRY_OPTIONS,
 )
 def send_sms_batch(self, batch_id: int, broadcast_id: str | None = None) -> dict:
     """Claim batch `batch_id`, wait for its slot, send it in one Plivo call, record it."""
+    return deliver_batch(get_settings(), batch_id, attempt=self.request.retries)
+
+
+@celery_app.task(
+    name=SEND_MMS_BATCH,
+    queue=MMS_QUEUE,
+    rate_limit=per_worker_rate(_settings.mms_mps, _settings.mms_batch_size),
+    **RETRY_OPTIONS,
+)
+def send_mms_batch(self, batch_id: int, broadcast_id: str | None = None) -> dict:
+    """The same life as an SMS batch, on its own queue and paced at the MMS rate."""
     return deliver_batch(get_settings(), batch_id, attempt=self.request.retries)
 
 
@@ -101,11 +119,15 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
         result = SendResult(api_id="")
     else:
         try:
+            media = job.media or {}
             result = client_for(settings).send(
                 job.sender,
                 list(job.recipients),
                 job.text,
                 callback_url=settings.status_callback_url,
+                message_type=job.kind,
+                media_urls=media.get("media_urls") or None,
+                media_ids=media.get("media_ids") or None,
             )
         except PlivoError as error:
             return _handle_error(settings, attempt, batch_id, token, job, error)
@@ -132,7 +154,7 @@ def _wait_for_slot(settings: Settings, batch_id: int, token: str, job) -> float 
     slot kept and return the wait (a countdown task, or the reconciler once it is due)."""
     pacer = _pacer(settings)
     if job.slot is None:
-        reservation = pacer.reserve("sms", job.sender, len(job.recipients))
+        reservation = pacer.reserve(job.kind, job.sender, len(job.recipients))
         slot, wait = reservation.slot, reservation.delay
     else:
         slot = job.slot.timestamp()
@@ -154,7 +176,9 @@ def _wait_for_slot(settings: Settings, batch_id: int, token: str, job) -> float 
         )
     if released and by_task:
         try:
-            enqueue_sms_batch(settings.redis_url, job.broadcast_id, batch_id, countdown=countdown)
+            enqueue_batches(
+                settings.redis_url, job.kind, job.broadcast_id, [batch_id], countdown=countdown
+            )
         except EnqueueError:
             with session_scope(settings.database_url) as session:
                 batches.mark_not_enqueued(session, [batch_id])

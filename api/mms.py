@@ -1,0 +1,179 @@
+"""/v1/mms: picture messages to one or many US/Canadian numbers, and /v1/media uploads."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime
+from typing import Any
+
+import phonenumbers
+from flask import Blueprint, current_app, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy.orm import Session
+
+from api.auth import require_api_key
+from api.broadcasts import accept
+from api.errors import ApiError, field_errors
+from api.intake import (
+    REJECTED_REASON,
+    Plan,
+    check_callback_url,
+    check_send_at,
+    check_sender,
+    plan_audience,
+)
+from api.media_check import MediaProblem, check_media
+from shared.config import Settings
+from shared.media import EXTENSIONS, MAX_BYTES_EACH, MAX_MEDIA, base_type
+from shared.plivo_client import PlivoError, client_for
+from shared.urls import UnsafeUrl, check_url
+
+bp = Blueprint("mms", __name__)
+bp.before_request(require_api_key)
+
+MMS_TEXT_MAX = 1600
+
+
+class MmsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipients: list[Any] | None = Field(default=None, min_length=1)
+    recipient: Any = None
+    text: str | None = None
+    media_urls: list[str] = Field(default_factory=list)
+    media_ids: list[str] = Field(default_factory=list)
+    sender: str | None = None
+    skip_invalid: bool = False
+    callback_url: str | None = None
+    send_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_audience(self) -> MmsRequest:
+        if (self.recipients is None) == (self.recipient is None):
+            raise ValueError("give either recipients (a list) or recipient (one number)")
+        return self
+
+    @property
+    def numbers(self) -> list[Any]:
+        return self.recipients if self.recipients is not None else [self.recipient]
+
+
+def parse_mms(payload: Any, settings: Settings) -> MmsRequest:
+    if not isinstance(payload, dict):
+        raise ApiError(400, "invalid_request", "body must be a JSON object")
+    recipients = payload.get("recipients")
+    if isinstance(recipients, list) and len(recipients) > settings.max_recipients:
+        raise ApiError(
+            413,
+            "too_many_recipients",
+            f"recipients: {len(recipients)} recipients exceed the maximum of "
+            f"{settings.max_recipients} per broadcast (MAX_RECIPIENTS)",
+        )
+    try:
+        return MmsRequest.model_validate(payload)
+    except ValidationError as error:
+        raise field_errors(error) from None
+
+
+def in_us_or_canada(number: str) -> bool:
+    """MMS reaches only NANP numbers of the US and Canada (not +1 Caribbean islands)."""
+    if not number.startswith("+1"):
+        return False
+    region = phonenumbers.region_code_for_number(phonenumbers.parse(number))
+    return region in ("US", "CA")
+
+
+def check_media_fields(mms: MmsRequest, settings: Settings) -> dict:
+    count = len(mms.media_urls) + len(mms.media_ids)
+    if not 1 <= count <= MAX_MEDIA:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"media_urls, media_ids: {count} given; an MMS carries 1 to {MAX_MEDIA} together",
+        )
+    # Sandbox mode is local development: a local media server is fine there.
+    sandbox = settings.sandbox_mode
+    for index, url in enumerate(mms.media_urls):
+        try:
+            check_url(url, allow_http=settings.mms_allow_http, allow_internal=sandbox)
+        except UnsafeUrl as error:
+            raise ApiError(400, "invalid_request", f"media_urls.{index}: {url}: {error}") from None
+    for index, media_id in enumerate(mms.media_ids):
+        if not (isinstance(media_id, str) and 1 <= len(media_id) <= 64):
+            raise ApiError(400, "invalid_request", f"media_ids.{index}: not a Plivo media id")
+    if settings.effective_media_check and mms.media_urls:
+        try:
+            check_media(mms.media_urls, allow_internal=sandbox, allow_http=settings.mms_allow_http)
+        except MediaProblem as problem:
+            raise ApiError(400, "invalid_media", f"media_urls: {problem}") from None
+    return {"media_urls": mms.media_urls, "media_ids": mms.media_ids}
+
+
+def plan_mms(session: Session, mms: MmsRequest, settings: Settings) -> Plan:
+    """All validation before anything is written, as for SMS."""
+    sender = check_sender(mms.sender, settings)
+    text = mms.text if mms.text and mms.text.strip() else None
+    if text is not None and len(text) > MMS_TEXT_MAX:
+        raise ApiError(400, "invalid_request", f"text: over {MMS_TEXT_MAX} characters")
+    callback_url = check_callback_url(mms.callback_url, settings)
+    send_at = check_send_at(mms.send_at)
+    media = check_media_fields(mms, settings)
+    audience = plan_audience(
+        session,
+        mms.numbers,
+        sender,
+        mms.skip_invalid,
+        settings,
+        reachable=in_us_or_canada,
+        why=REJECTED_REASON,
+    )
+    return Plan(
+        sender=sender,
+        text=text,
+        encoding=None,
+        segments=1,  # an MMS is billed as one message, whatever its length
+        to_send=audience.to_send,
+        skipped=audience.skipped,
+        invalid=audience.invalid,
+        duplicates=audience.duplicates,
+        callback_url=callback_url,
+        send_at=send_at,
+        kind="mms",
+        media=media,
+        rejected=audience.rejected,
+    )
+
+
+@bp.post("/v1/mms")
+def create_mms():
+    """202 with the broadcast (kind `mms`); paced at the MMS rate, on its own queue."""
+    return accept(parse_mms, plan_mms)
+
+
+@bp.post("/v1/media")
+def upload_media():
+    """Upload a file (multipart field `file`) to Plivo's media store; returns its media_id
+    for `media_ids`, so media that is not public can be sent."""
+    upload = request.files.get("file")
+    if upload is None:
+        raise ApiError(400, "invalid_request", "file: send the media as multipart field 'file'")
+    content_type = base_type(upload.mimetype)
+    if content_type not in EXTENSIONS:
+        raise ApiError(400, "invalid_media", f"file: type {content_type} is not one Plivo sends")
+    data = upload.read(MAX_BYTES_EACH + 1)
+    if len(data) > MAX_BYTES_EACH:
+        raise ApiError(400, "invalid_media", "file: over the 2 MB limit per media file")
+    if not data:
+        raise ApiError(400, "invalid_media", "file: empty")
+    settings = current_app.config["SETTINGS"]
+    # The SDK uploads from a path and picks the type from its extension.
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"upload.{EXTENSIONS[content_type]}")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        try:
+            response = client_for(settings).upload_media(path)
+        except PlivoError as error:
+            raise ApiError(502, "plivo_error", f"Plivo refused the upload: {error}") from None
+    return jsonify(response), 201
