@@ -173,7 +173,7 @@ def get_broadcast(broadcast_id: str):
     with session_scope(settings.database_url) as session:
         broadcast = load(session, broadcast_id)
         body = summarize(session, broadcast)
-        rate = recent_rate(session, broadcast.id)
+        rate = recent_rate(session, broadcast)
     body["progress"] = progress(body, settings.status_callback_url is not None)
     body["rate"] = {"messages_per_second": rate, "window_seconds": 60}
     pending = body["recipients"]["by_status"].get("pending", 0)

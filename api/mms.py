@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime
 from typing import Any
 
@@ -161,19 +159,18 @@ def upload_media():
     content_type = base_type(upload.mimetype)
     if content_type not in EXTENSIONS:
         raise ApiError(400, "invalid_media", f"file: type {content_type} is not one Plivo sends")
-    data = upload.read(MAX_BYTES_EACH + 1)
+    try:
+        data = upload.read(MAX_BYTES_EACH + 1)
+    finally:
+        upload.close()  # a large upload is spooled to a temporary file
     if len(data) > MAX_BYTES_EACH:
         raise ApiError(400, "invalid_media", "file: over the 2 MB limit per media file")
     if not data:
         raise ApiError(400, "invalid_media", "file: empty")
     settings = current_app.config["SETTINGS"]
-    # The SDK uploads from a path and picks the type from its extension.
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, f"upload.{EXTENSIONS[content_type]}")
-        with open(path, "wb") as handle:
-            handle.write(data)
-        try:
-            response = client_for(settings).upload_media(path)
-        except PlivoError as error:
-            raise ApiError(502, "plivo_error", f"Plivo refused the upload: {error}") from None
+    filename = f"upload.{EXTENSIONS[content_type]}"
+    try:
+        response = client_for(settings).upload_media(filename, data, content_type)
+    except PlivoError as error:
+        raise ApiError(502, "plivo_error", f"Plivo refused the upload: {error}") from None
     return jsonify(response), 201

@@ -117,6 +117,33 @@ def create_app(config: SandboxConfig | None = None) -> Flask:
             return _drop_connection()
         return response
 
+    @app.post(f"{API_PREFIX}/<auth_id>/Media/", strict_slashes=False)
+    def upload_media(auth_id: str):
+        # Plivo's media store: multipart field(s) `file`, up to 10, 2 MB each.
+        if not _authenticated(sandbox.config, auth_id):
+            return _plivo_error(401, "authentication failed")
+        files = request.files.getlist("file")
+        if not 1 <= len(files) <= 10:
+            return _plivo_error(400, "upload 1 to 10 files in the field 'file'")
+        objects = []
+        for upload in files:
+            data = upload.read()
+            if len(data) > 2 * 1024 * 1024:
+                return _plivo_error(400, f"{upload.filename} is over 2 MB")
+            media_id = _api_id()
+            objects.append(
+                {
+                    "media_id": media_id,
+                    "media_url": f"{request.host_url}media/{media_id}",
+                    "content_type": upload.mimetype,
+                    "file_name": upload.filename,
+                    "size": len(data),
+                    "status": "Success",
+                    "status_code": 201,
+                }
+            )
+        return jsonify({"api_id": _api_id(), "objects": objects}), 202
+
     @app.get("/messages/<message_uuid>")
     def show_message(message_uuid: str):
         record = sandbox.state.message(message_uuid)

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     # HEAD/ranged GET of each media URL at intake; default on with Plivo, off in sandbox.
     media_check: bool | None = None
     sender_mps: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    # Off only to compare against Celery's per-worker rate_limit alone (bench/pacing.py).
+    global_pacing: bool = True
     request_limit: int = Field(300, ge=1)
     request_window: float = Field(5.0, gt=0)
     pacing_max_sleep: float = Field(2.0, ge=0, le=30)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import threading
 from dataclasses import dataclass, field
@@ -87,6 +86,7 @@ class PlivoClient:
         plivo.rest.client.PLIVO_API_BASE_URI = f"{base_url}/v1/Account"
         self._sdk = plivo.RestClient(auth_id, auth_token, timeout=timeout)
         self._sdk.session.hooks["response"].append(self._observe)
+        self._sdk.multipart_session.hooks["response"].append(self._observe)
         self._last_status: int | None = None
 
     def _observe(self, response: requests.Response, *_args, **_kwargs) -> None:
@@ -125,13 +125,14 @@ class PlivoClient:
             raise PlivoError(kind, str(error), status) from error
         return _read_result(response, by_address)
 
-    def upload_media(self, path: str) -> dict:
+    def upload_media(self, filename: str, data: bytes, content_type: str) -> dict:
         """Upload one file to Plivo's media store; returns its media_id and details."""
         self._last_status = None
+        # Through the SDK's own multipart request (auth, base URL, error mapping); its
+        # media.upload() wants a path and leaves that file open.
+        files = [("file", (filename, io.BytesIO(data), content_type))]
         try:
-            # The SDK prints each path it uploads; keep that out of our output.
-            with contextlib.redirect_stdout(io.StringIO()):
-                response = self._sdk.media.upload([path])
+            response = self._sdk.request("POST", ("Media",), {}, files=files)
         except requests.RequestException as error:
             raise PlivoError(classify_transport_error(error), _describe(error)) from error
         except plivo_errors.PlivoRestError as error:

@@ -62,15 +62,18 @@ def progress(summary: dict, await_reports: bool) -> dict:
     return {"final": final, "total": total, "percent": percent}
 
 
-def recent_rate(session: Session, broadcast_id, window_seconds: int = 60) -> float:
-    """Messages handed to Plivo per second over the last `window_seconds`."""
-    since = utcnow() - timedelta(seconds=window_seconds)
+def recent_rate(session: Session, broadcast: Broadcast, window_seconds: int = 60) -> float:
+    """Messages handed to Plivo per second over the last `window_seconds` (or since the
+    broadcast started, when that is shorter)."""
+    now = utcnow()
+    since = now - timedelta(seconds=window_seconds)
     sent = session.scalar(
         select(func.coalesce(func.sum(Batch.size), 0)).where(
-            Batch.broadcast_id == broadcast_id, Batch.submitted_at >= since
+            Batch.broadcast_id == broadcast.id, Batch.submitted_at >= since
         )
     )
-    return round(sent / window_seconds, 2)
+    age = (now - as_utc(broadcast.created_at)).total_seconds()
+    return round(sent / max(1.0, min(window_seconds, age)), 2)
 
 
 def eta_seconds(pending: int, mps: float, rate: float) -> float | None:

@@ -249,8 +249,7 @@ def live_api(settings) -> Iterator[str]:
     from api import create_app
 
     port = services.free_port()
-    public = settings.model_copy(update={"public_base_url": f"http://127.0.0.1:{port}"})
-    server = make_server("127.0.0.1", port, create_app(public), threaded=True)
+    server = make_server("127.0.0.1", port, create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

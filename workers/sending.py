@@ -30,11 +30,15 @@ _settings = get_settings()
 
 def per_worker_rate(mps: float, batch_size: int) -> str | None:
     """Celery's rate_limit counts tasks per worker process, so it cannot be the real limit
-    (N workers would send N times it); it stays as a coarse guard against a pacing bug, at
-    ten times the batch rate the MPS allows (a batch may run more than once while waiting)."""
+    (N workers would send N times it). With global pacing on it stays as a coarse guard
+    against a pacing bug, at ten times the batch rate the MPS allows (a batch may run more
+    than once while it waits); with it off, it is all there is (the naive setup)."""
     if not mps:
         return None
-    tasks_per_minute = max(10 * mps * 60 / batch_size, 60)
+    factor = 10 if _settings.global_pacing else 1
+    tasks_per_minute = factor * mps * 60 / batch_size
+    if _settings.global_pacing:
+        tasks_per_minute = max(tasks_per_minute, 60)
     return f"{tasks_per_minute:.6g}/m"
 
 
@@ -102,7 +106,7 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
     with session_scope(url) as session:
         job = batches.load_job(session, batch_id)
 
-    if job.recipients:
+    if job.recipients and settings.global_pacing:
         wait = _wait_for_slot(settings, batch_id, token, job)
         if wait is not None:
             return {"batch_id": batch_id, "outcome": "deferred", "wait": round(wait, 3)}
