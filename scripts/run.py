@@ -110,10 +110,14 @@ def check_config() -> Settings:
 
 
 def flower_password_for(settings: Settings) -> str:
-    """FLOWER_PASSWORD, else one random password generated once and kept in var/ (mode 600)."""
+    """FLOWER_PASSWORD; in sandbox mode, else one random password generated once and kept in
+    var/ (mode 600). With a live Plivo account Flower shows real traffic: no password, no
+    start."""
     configured = settings.flower_password.get_secret_value()
     if configured:
         return configured
+    if not settings.sandbox_mode:
+        raise Abort("set FLOWER_PASSWORD: Flower does not start without one outside sandbox mode")
     path = VAR / "flower-password"
     if path.exists():
         path.chmod(0o600)

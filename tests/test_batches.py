@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -139,3 +140,40 @@ def test_an_account_error_pauses_the_broadcast_and_keeps_the_batch(settings, bro
         assert "401" in broadcast_row.status_reason
     assert statuses(settings.database_url, Batch) == {"pending": 2}
     assert statuses(settings.database_url, Recipient) == {"pending": 1200}
+
+
+def test_a_batch_far_from_its_slot_is_handed_back_and_sent_on_time(client, settings, sandbox):
+    import time
+
+    import redis as redis_lib
+    import requests
+
+    from shared.taskqueue import SMS_QUEUE
+
+    redis_lib.Redis.from_url(settings.redis_url).delete("bulksms:pace:sms:+14155550000")
+    paced = settings.model_copy(update={"sms_mps": 250})  # 1000 messages = 4 s
+    broadcast_id = client.post(
+        "/v1/broadcasts", json={"recipients": NUMBERS, "text": "Paced"}
+    ).get_json()["id"]
+    first, second = batch_ids(settings.database_url)
+    broker = redis_lib.Redis.from_url(settings.redis_url)
+    broker.delete(SMS_QUEUE)
+
+    assert deliver_batch(paced, first)["outcome"] == "submitted"
+    deferred = deliver_batch(paced, second)
+    assert deferred["outcome"] == "deferred" and 3.5 < deferred["wait"] <= 4.0
+    with session_scope(settings.database_url) as session:
+        batch = session.get(Batch, second)
+        assert (batch.status, batch.claim_token) == ("pending", None)
+        assert batch.not_before is not None and batch.enqueued_at is not None
+    assert len(broker.lrange(SMS_QUEUE, 0, -1)) == 1  # its own countdown task
+    # Too early: not due yet, nothing is reserved twice.
+    assert deliver_batch(paced, second)["outcome"] == "not_claimed"
+    # Its task arrives PACING_LEAD ahead of the slot; the worker sleeps the rest.
+    time.sleep(deferred["wait"] - paced.pacing_lead + 0.05)
+    assert deliver_batch(paced, second)["outcome"] == "submitted"
+
+    times = [entry["t"] for entry in requests.get(f"{sandbox}/stats/requests").json()]
+    assert times[1] - times[0] == pytest.approx(4.0, abs=0.25)
+    with session_scope(settings.database_url) as session:
+        assert session.get(Broadcast, uuid.UUID(broadcast_id)).status == "completed"

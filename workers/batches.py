@@ -44,9 +44,12 @@ def _broadcast_sendable():
     )
 
 
-def claim_batch(session: Session, batch_id: int, lease: timedelta) -> str | None:
+def claim_batch(
+    session: Session, batch_id: int, lease: timedelta, early: timedelta = timedelta(0)
+) -> str | None:
     """Take a pending batch of a sendable broadcast; None when someone else has it or it
-    is not due. One conditional UPDATE, so a duplicate task changes nothing."""
+    is not due. One conditional UPDATE, so a duplicate task changes nothing. A batch whose
+    slot is at most `early` away is due: its task is sent that much ahead on purpose."""
     now = utcnow()
     token = str(uuid.uuid4())
     sendable = _broadcast_sendable()
@@ -55,7 +58,7 @@ def claim_batch(session: Session, batch_id: int, lease: timedelta) -> str | None
         .where(
             Batch.id == batch_id,
             Batch.status == BatchStatus.PENDING,
-            (Batch.not_before.is_(None)) | (Batch.not_before <= now),
+            (Batch.not_before.is_(None)) | (Batch.not_before <= now + early),
             sendable,
         )
         .values(

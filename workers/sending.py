@@ -99,7 +99,8 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
     url = settings.database_url
     lease = timedelta(seconds=settings.lease_seconds)
     with session_scope(url) as session:
-        token = batches.claim_batch(session, batch_id, lease)
+        early = timedelta(seconds=settings.pacing_lead)
+        token = batches.claim_batch(session, batch_id, lease, early)
     if token is None:
         log_event(log, "batch.not_claimed", batch_id=batch_id)
         return {"batch_id": batch_id, "outcome": "not_claimed"}
