@@ -20,7 +20,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
 
-    from api import actions, broadcasts, errors, health, limits, mms, opt_outs, recipients, webhooks
+    from api import (
+        actions,
+        broadcasts,
+        errors,
+        health,
+        limits,
+        mms,
+        openapi,
+        opt_outs,
+        recipients,
+        webhooks,
+    )
 
     errors.init_app(app)
     app.register_blueprint(health.bp)
@@ -28,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(recipients.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(mms.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(limits.bp)
     app.register_blueprint(opt_outs.bp)
     app.register_blueprint(webhooks.bp)
