@@ -56,7 +56,7 @@ def spec() -> dict:
                 "202",
             ),
             "get": _op(
-                "List broadcasts, newest first (status, created_after, created_before, limit, cursor)"
+                "List broadcasts, newest first (status, created_after|before, limit, cursor)"
             ),
         },
         "/v1/broadcasts/{id}": {

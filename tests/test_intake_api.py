@@ -329,3 +329,13 @@ def test_readiness_fails_when_redis_is_unreachable(settings):
 
     assert response.status_code == 503
     assert response.get_json()["checks"]["redis"].startswith("unavailable")
+
+
+def test_the_api_describes_itself(app):
+    client = app.test_client()
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    assert "text" in spec["components"]["schemas"]["BroadcastRequest"]["properties"]
+    assert {"/v1/broadcasts", "/v1/mms", "/v1/limits"} <= set(spec["paths"])
+    page = client.get("/docs").get_data(as_text=True)
+    assert "/v1/broadcasts/{id}/retry" in page
