@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
+
 from flask import Request
 from plivo.utils import validate_signature
-from plivo.utils.signature_v3 import validate_v3_signature
+from plivo.utils.signature_v3 import construct_get_url, construct_post_url, get_signature_v3
 
 from shared.config import Settings
 
@@ -27,13 +29,19 @@ def verified_nonce(request: Request, settings: Settings) -> str | None:
     signature = request.headers.get("X-Plivo-Signature-V3")
     if nonce and signature:
         params = request.form.to_dict() if request.method == "POST" else {}
-        try:
-            valid = validate_v3_signature(request.method, url, nonce, token, signature, params)
-        except Exception:  # the SDK raises on malformed input; that is a bad signature
-            valid = False
-        return nonce if valid else None
+        return nonce if _v3_matches(request.method, url, nonce, token, signature, params) else None
     nonce = request.headers.get("X-Plivo-Signature-V2-Nonce")
     signature = request.headers.get("X-Plivo-Signature-V2")
     if nonce and signature and validate_signature(url, nonce, signature, token):
         return nonce
     return None
+
+
+def _v3_matches(method, url, nonce, token, signature, params) -> bool:
+    """The SDK's validate_v3_signature, minus its per-call argument validation (a third of
+    a callback's cost at thousands a second), and compared in constant time."""
+    build = construct_get_url if method == "GET" else construct_post_url
+    base = build(url, params).decode()
+    expected = get_signature_v3(token.encode(), base, nonce.encode())
+    # Plivo may send several comma-separated candidates (during token rotation).
+    return any(hmac.compare_digest(expected, c.strip().encode()) for c in signature.split(","))
