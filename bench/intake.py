@@ -52,7 +52,7 @@ STAGES = [
     ("api.broadcasts", "_read_json", "read body + json.loads"),
     ("api.broadcasts", "parse_request", "pydantic validation"),
     ("api.intake", "normalise_all", "normalise + dedupe"),
-    ("api.intake", "opted_out", "opt-out lookup"),
+    ("api.intake", "opted_out_among", "opt-out lookup"),
     ("api.broadcasts", "write_broadcast", "write broadcast/batches/recipients"),
     ("api.intake", "_insert_recipients", "  of which recipients COPY/executemany"),
     (None, None, "commit"),
@@ -117,7 +117,7 @@ def post(client, body: bytes, size: int, broker: redis.Redis) -> float:
     elapsed = time.perf_counter() - start
     assert response.status_code == 202, (response.status_code, response.get_data(as_text=True))
     result = response.get_json()
-    expected = {"accepted": size, "invalid": 0, "duplicates": 0, "skipped": 0}
+    expected = {"accepted": size, "invalid": 0, "duplicates": 0, "skipped": 0, "rejected": 0}
     assert result["counts"] == expected, result["counts"]
     batches = math.ceil(size / 1000)
     assert result["batches"] == batches, result["batches"]
