@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import require_api_key
-from api.errors import ApiError
+from api.errors import ApiError, int_param
 from api.intake import parse_request, plan_broadcast, write_broadcast
 from shared.db import session_scope
 from shared.limits import effective_mps
@@ -86,7 +86,7 @@ def _replay(session: Session, key: str, request_hash: str):
 @bp.post("")
 def create_broadcast():
     """Validate, persist in one transaction, then enqueue one task per batch."""
-    return accept(lambda payload, settings: parse_request(payload, settings), plan_broadcast)
+    return accept(parse_request, plan_broadcast)
 
 
 def accept(parse, plan):
@@ -218,12 +218,7 @@ def _time_arg(name: str) -> datetime | None:
 @bp.get("")
 def list_broadcasts():
     """Newest first, filtered by status and creation time, in keyset pages."""
-    try:
-        limit = int(request.args.get("limit", 50))
-    except ValueError:
-        raise ApiError(400, "invalid_request", "limit: must be a whole number") from None
-    if not 1 <= limit <= LIST_MAX:
-        raise ApiError(400, "invalid_request", f"limit: must be between 1 and {LIST_MAX}")
+    limit = int_param("limit", 50, 1, LIST_MAX)
     query = select(Broadcast)
     if request.args.get("status"):
         query = query.where(Broadcast.status.in_(request.args["status"].split(",")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -23,6 +23,20 @@ def error_response(status: int, code: str, message: str, details: Any = None):
     if details is not None:
         body["details"] = details
     return jsonify({"error": body}), status
+
+
+def int_param(name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high], or a 400 naming it."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name}: must be a whole number") from None
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_request", f"{name}: must be between {low} and {high}")
+    return value
 
 
 def field_errors(error: ValidationError) -> ApiError:

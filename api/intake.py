@@ -74,7 +74,8 @@ class Plan:
     rejected: list[str] = field(default_factory=list)
 
 
-def parse_request(payload: Any, settings: Settings) -> BroadcastRequest:
+def parse_request(payload: Any, settings: Settings, model: type[BaseModel] = BroadcastRequest):
+    """The request model from a JSON body, or a 4xx naming the field."""
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_request", "body must be a JSON object")
     recipients = payload.get("recipients")
@@ -87,7 +88,7 @@ def parse_request(payload: Any, settings: Settings) -> BroadcastRequest:
             f"{settings.max_recipients} per broadcast (MAX_RECIPIENTS)",
         )
     try:
-        return BroadcastRequest.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as error:
         raise field_errors(error) from None
 

@@ -7,18 +7,19 @@ from typing import Any
 
 import phonenumbers
 from flask import Blueprint, current_app, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
 from api.auth import require_api_key
 from api.broadcasts import accept
-from api.errors import ApiError, field_errors
+from api.errors import ApiError
 from api.intake import (
     REJECTED_REASON,
     Plan,
     check_callback_url,
     check_send_at,
     check_sender,
+    parse_request,
     plan_audience,
 )
 from api.media_check import MediaProblem, check_media
@@ -58,20 +59,7 @@ class MmsRequest(BaseModel):
 
 
 def parse_mms(payload: Any, settings: Settings) -> MmsRequest:
-    if not isinstance(payload, dict):
-        raise ApiError(400, "invalid_request", "body must be a JSON object")
-    recipients = payload.get("recipients")
-    if isinstance(recipients, list) and len(recipients) > settings.max_recipients:
-        raise ApiError(
-            413,
-            "too_many_recipients",
-            f"recipients: {len(recipients)} recipients exceed the maximum of "
-            f"{settings.max_recipients} per broadcast (MAX_RECIPIENTS)",
-        )
-    try:
-        return MmsRequest.model_validate(payload)
-    except ValidationError as error:
-        raise field_errors(error) from None
+    return parse_request(payload, settings, MmsRequest)
 
 
 def in_us_or_canada(number: str) -> bool:

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from sqlalchemy import select
 
 from api.auth import require_api_key
-from api.errors import ApiError
+from api.errors import ApiError, int_param
 from shared.db import session_scope
 from shared.models import OptOut
 from shared.opt_outs import add_opt_outs, remove_opt_out
@@ -51,12 +51,7 @@ def list_opt_outs():
     streams the whole list without holding it in memory."""
     if request.accept_mimetypes.best == "text/csv":
         return Response(stream_with_context(_csv_rows()), mimetype="text/csv")
-    try:
-        limit = int(request.args.get("limit", 100))
-    except ValueError:
-        raise ApiError(400, "invalid_request", "limit: must be a whole number") from None
-    if not 1 <= limit <= PAGE_MAX:
-        raise ApiError(400, "invalid_request", f"limit: must be between 1 and {PAGE_MAX}")
+    limit = int_param("limit", 100, 1, PAGE_MAX)
     rows = _page(request.args.get("after", ""), limit)
     return jsonify(
         {

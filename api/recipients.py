@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from api.auth import require_api_key
 from api.broadcasts import load, parse_id
-from api.errors import ApiError
+from api.errors import int_param
 from shared.db import session_scope
 from shared.models import Recipient
 from shared.progress import iso
@@ -77,13 +77,8 @@ def list_recipients(broadcast_id: str):
             mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
-    try:
-        limit = int(request.args.get("limit", 100))
-        after = int(request.args.get("cursor", 0))
-    except ValueError:
-        raise ApiError(400, "invalid_request", "limit and cursor: must be whole numbers") from None
-    if not 1 <= limit <= PAGE_MAX:
-        raise ApiError(400, "invalid_request", f"limit: must be between 1 and {PAGE_MAX}")
+    limit = int_param("limit", 100, 1, PAGE_MAX)
+    after = int_param("cursor", 0, 0, 2**63 - 1)
     rows = _fetch(bid, statuses, after, limit)
     return jsonify(
         {
