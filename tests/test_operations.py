@@ -272,17 +272,17 @@ def test_a_scheduled_broadcast_starts_within_seconds_of_send_at(
     client, settings, sandbox, tmp_path
 ):
     fast = settings.model_copy(update={"reconcile_interval": 1})
-    send_at = datetime.now(UTC) + timedelta(seconds=4)
-    created = client.post(
-        "/v1/broadcasts",
-        json={"recipients": NUMBERS[:5], "text": "Later", "send_at": send_at.isoformat()},
-    ).get_json()
-    assert created["status"] == "scheduled"
     worker = Worker(fast, tmp_path / "worker.log", queues="sms,maintenance")
     beat = Beat(fast, tmp_path)
     try:
         worker.wait_ready()
-        time.sleep(1)
+        send_at = datetime.now(UTC) + timedelta(seconds=4)
+        created = client.post(
+            "/v1/broadcasts",
+            json={"recipients": NUMBERS[:5], "text": "Later", "send_at": send_at.isoformat()},
+        ).get_json()
+        assert created["status"] == "scheduled"
+        time.sleep(2)
         assert sandbox_stats(sandbox)["messages"] == 0  # not before its time
         wait_for(lambda: sandbox_stats(sandbox)["messages"] == 5, timeout=30)
     finally:

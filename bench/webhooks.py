@@ -1,0 +1,221 @@
+"""Delivery-report benchmark: signed status callbacks driven at the running API (gunicorn)
+as fast as it takes them, then the lag until a worker has applied every one.
+
+    .venv/bin/python bench/webhooks.py [--messages 15000] [--clients 3] [--db postgresql]
+
+A broadcast of --messages recipients is created and marked as accepted by Plivo (a uuid
+each), then every message gets two signed callbacks (`sent`, then `delivered`), spread over
+--clients processes with keep-alive connections. Prints callbacks/s accepted (200s over the
+wall time of the load), the lag from the last callback to the last recipient `delivered`,
+and how many were lost. Target: >= 3,000 callbacks/s on 2 cores, all applied within 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import http.client
+import multiprocessing
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    HOST,
+    Api,
+    bench_run,
+    bench_settings,
+    phone_numbers,
+    wait_ready,
+    wait_until,
+)
+from sqlalchemy import func, select, update  # noqa: E402
+
+from shared.config import SANDBOX_AUTH_TOKEN  # noqa: E402
+from shared.db import session_scope  # noqa: E402
+from shared.models import Batch, Broadcast, Recipient  # noqa: E402
+from tests import services  # noqa: E402
+from tests.conftest import settings_env  # noqa: E402
+
+PATH = "/webhooks/plivo/status"
+TARGET_RATE = 3000
+TARGET_LAG = 5.0
+
+
+def signed(url: str, params: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of one callback, signed as PLIVO.md describes (V3)."""
+    nonce = uuid.uuid4().hex
+    payload = url + "?" + "".join(f"{k}{params[k]}" for k in sorted(params)) + "." + nonce
+    mac = hmac.new(SANDBOX_AUTH_TOKEN.encode(), payload.encode(), hashlib.sha256).digest()
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Plivo-Signature-V3": base64.b64encode(mac).decode(),
+        "X-Plivo-Signature-V3-Nonce": nonce,
+    }
+    return urlencode(params).encode(), headers
+
+
+def callbacks(public: str, uuids: list[tuple[str, str]]) -> list[tuple[bytes, dict]]:
+    """`sent` for every message, then `delivered` for every message (as Plivo would, over
+    time), each signed with its own nonce."""
+    requests_ = []
+    for status, sequence in (("sent", "2"), ("delivered", "3")):
+        for message_uuid, phone in uuids:
+            params = {
+                "MessageUUID": message_uuid,
+                "Status": status,
+                "To": phone[1:],
+                "From": "14155550000",
+                "Sequence": sequence,
+                "Units": "1",
+            }
+            requests_.append(signed(public + PATH, params))
+    return requests_
+
+
+def drive(port: int, share: list[tuple[bytes, dict]], results) -> None:
+    """One client process: its share over one keep-alive connection, as fast as answered."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=30)
+    ok = failed = 0
+    start = time.monotonic()
+    for body, headers in share:
+        connection.request("POST", PATH, body, headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status == 200:
+            ok += 1
+        else:
+            failed += 1
+    results.put((ok, failed, start, time.monotonic()))
+
+
+def delivered(database_url: str) -> int:
+    with session_scope(database_url) as session:
+        return session.scalar(
+            select(func.count()).select_from(Recipient).where(Recipient.status == "delivered")
+        )
+
+
+def seed(api: Api, database_url: str, count: int) -> list[tuple[str, str]]:
+    """A broadcast whose recipients Plivo has accepted: uuid set, `queued`."""
+    numbers = phone_numbers(count)
+    broadcast_id = api.broadcast(numbers, "Reports")
+    pairs = [(str(uuid.uuid4()), phone) for phone in numbers]
+    with session_scope(database_url) as session:
+        for chunk_start in range(0, count, 1000):
+            for message_uuid, phone in pairs[chunk_start : chunk_start + 1000]:
+                session.execute(
+                    update(Recipient)
+                    .where(Recipient.phone == phone)
+                    .values(status="queued", message_uuid=message_uuid)
+                )
+        session.execute(update(Batch).values(status="submitted"))
+        session.execute(
+            update(Broadcast)
+            .where(Broadcast.id == uuid.UUID(broadcast_id))
+            .values(status="sending")
+        )
+    return pairs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=15_000)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--api-workers", type=int, default=2, help="gunicorn processes")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads each")
+    parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
+    args = parser.parse_args()
+
+    with bench_run("webhooks", timeout=600) as run:
+        broker = run.redis()
+        database_url = run.database(args.db)
+        port = services.free_port()
+        public = f"http://{HOST}:{port}"
+        settings = bench_settings(
+            database_url=database_url,
+            redis_url=broker.url,
+            public_base_url=public,
+            log_level="WARNING",
+        )
+        gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
+        run.spawn(
+            [gunicorn, "-w", str(args.api_workers), "-k", "gthread", "--threads",
+             str(args.threads), "-b", f"{HOST}:{port}", "--log-level", "warning",
+             "api.wsgi:app"],
+            "api.log",
+            settings_env(settings),
+        )  # fmt: skip
+        wait_until(lambda: _answers(port), 60, "the API")
+        worker = run.worker(settings, "reports", queues="webhooks")
+        run.beat(settings)
+        wait_ready([worker])
+
+        pairs = seed(Api(settings), database_url, args.messages)
+        load = callbacks(public, pairs)
+        print(
+            f"{args.messages:,} messages, {len(load):,} signed callbacks, {args.clients} "
+            f"clients -> gunicorn {args.api_workers}x{args.threads} threads, {args.db}"
+        )
+        results = multiprocessing.get_context("fork").Queue()
+        clients = [
+            multiprocessing.get_context("fork").Process(
+                target=drive, args=(port, load[i :: args.clients], results)
+            )
+            for i in range(args.clients)
+        ]
+        for client in clients:
+            client.start()
+        outcomes = [results.get(timeout=300) for _ in clients]
+        for client in clients:
+            client.join()
+        ok = sum(o[0] for o in outcomes)
+        failed = sum(o[1] for o in outcomes)
+        began, ended = min(o[2] for o in outcomes), max(o[3] for o in outcomes)
+        rate = ok / (ended - began)
+        applied_at = wait_until(
+            lambda: delivered(database_url) == args.messages and time.monotonic(),
+            120,
+            "every report applied",
+            every=0.05,
+        )
+        lag = applied_at - ended
+        lost = args.messages - delivered(database_url)
+
+    print()
+    print(f"{'callbacks sent':<28}{len(load):>12,}")
+    print(f"{'answered 200':<28}{ok:>12,}")
+    print(f"{'refused / failed':<28}{failed:>12,}")
+    print(f"{'load duration (s)':<28}{ended - began:>12.2f}")
+    print(f"{'callbacks/s accepted':<28}{rate:>12,.0f}")
+    print(f"{'lag until all applied (s)':<28}{lag:>12.2f}")
+    print(f"{'recipients not delivered':<28}{lost:>12,}")
+    print()
+    checks = [
+        (f"accepted >= {TARGET_RATE:,}/s", rate >= TARGET_RATE),
+        (f"all applied within {TARGET_LAG:g} s", lag <= TARGET_LAG),
+        ("none lost", lost == 0 and failed == 0),
+    ]
+    for label, passed in checks:
+        print(f"  {'PASS' if passed else 'FAIL'}: {label}")
+    return 0 if all(passed for _, passed in checks) else 1
+
+
+def _answers(port: int) -> bool:
+    try:
+        connection = http.client.HTTPConnection(HOST, port, timeout=1)
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
