@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from shared.db import session_scope
-from shared.models import Batch, Broadcast, OptOut, Recipient
+from shared.models import Batch, Broadcast, OptOut, Recipient, as_utc
 from tests.conftest import Beat, Worker, sandbox_stats, wait_for
 from workers.sending import deliver_batch
 
@@ -290,7 +290,7 @@ def test_a_scheduled_broadcast_starts_within_seconds_of_send_at(
         beat.stop()
     with session_scope(settings.database_url) as session:
         submitted = session.scalar(select(Batch.submitted_at))
-    started_after = (submitted.replace(tzinfo=UTC) - send_at).total_seconds()
+    started_after = (as_utc(submitted) - send_at).total_seconds()
     assert 0 <= started_after < 4, started_after
 
 
