@@ -177,3 +177,17 @@ def test_a_batch_far_from_its_slot_is_handed_back_and_sent_on_time(client, setti
     assert times[1] - times[0] == pytest.approx(4.0, abs=0.25)
     with session_scope(settings.database_url) as session:
         assert session.get(Broadcast, uuid.UUID(broadcast_id)).status == "completed"
+
+
+def test_without_redis_for_pacing_the_batch_is_handed_back_not_held(settings, broadcast):
+    from tests.services import free_port
+
+    no_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    first = batch_ids(settings.database_url)[0]
+
+    assert deliver_batch(no_redis, first)["outcome"] == "pacing_unavailable"
+    with session_scope(settings.database_url) as session:
+        batch = session.get(Batch, first)
+        assert (batch.status, batch.claim_token, batch.enqueued_at) == ("pending", None, None)
+        assert "ConnectionError" in batch.last_error
+    assert sandbox_stats(settings.sandbox_url)["requests"] == 0

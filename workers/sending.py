@@ -6,6 +6,8 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+import redis
+
 from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.logs import log_event
@@ -98,8 +100,8 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
     """The whole life of one attempt at one batch; the task is a thin shell around it."""
     url = settings.database_url
     lease = timedelta(seconds=settings.lease_seconds)
+    early = timedelta(seconds=settings.pacing_lead)
     with session_scope(url) as session:
-        early = timedelta(seconds=settings.pacing_lead)
         token = batches.claim_batch(session, batch_id, lease, early)
     if token is None:
         log_event(log, "batch.not_claimed", batch_id=batch_id)
@@ -108,7 +110,17 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
         job = batches.load_job(session, batch_id)
 
     if job.recipients and settings.global_pacing:
-        wait = _wait_for_slot(settings, batch_id, token, job)
+        try:
+            wait = _wait_for_slot(settings, batch_id, token, job)
+        except redis.RedisError as error:
+            # No pacing, no sending: hand the batch back for the reconciler to re-enqueue
+            # once Redis answers again, rather than hold it until the lease expires.
+            with session_scope(url) as session:
+                batches.release(
+                    session, batch_id, token, not_before=None, enqueued=False, error=repr(error)
+                )
+            log_event(log, "batch.pacing_unavailable", logging.WARNING, batch_id=batch_id)
+            return {"batch_id": batch_id, "outcome": "pacing_unavailable"}
         if wait is not None:
             return {"batch_id": batch_id, "outcome": "deferred", "wait": round(wait, 3)}
 
