@@ -55,3 +55,6 @@ beat_schedule = {
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = True
+# Celery 6 will cancel running tasks on a broker connection loss; ours are acks_late and
+# idempotent, so a redelivery is harmless, but a cancelled Plivo call would be `unknown`.
+worker_cancel_long_running_tasks_on_connection_loss = False

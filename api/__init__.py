@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask
 
+from api.status_intake import StatusIntake
 from shared.config import Settings, get_settings
 from shared.logs import configure
 
@@ -33,6 +34,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         webhooks,
     )
 
+    # Delivery reports skip Flask (thousands a second); see api/status_intake.py.
+    app.wsgi_app = StatusIntake(app.wsgi_app, settings)
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(broadcasts.bp)

@@ -1,55 +1,36 @@
-"""Plivo calls these: delivery reports (buffered, applied in bulk by a worker) and inbound
-replies (STOP / START / HELP, applied at once). Both check Plivo's signature first."""
+"""Inbound replies from Plivo (STOP / START / HELP), applied at once after the signature
+check. Delivery reports arrive through api/status_intake.py instead."""
 
 from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Blueprint, current_app, request
 from sqlalchemy import select
 
 from api.errors import ApiError
-from api.signatures import verified_nonce
+from api.signatures import public_url, verified_nonce
 from shared.db import session_scope
 from shared.keywords import action_for
-from shared.limits import redis_client
 from shared.logs import log_event
 from shared.models import InboundMessage
 from shared.opt_outs import add_opt_outs, remove_opt_out
 from shared.phone import InvalidNumber, normalise
-from shared.status_events import ReplayedNonce, append
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/plivo")
 log = logging.getLogger(__name__)
 
 
 def _signed_nonce() -> str:
-    nonce = verified_nonce(request, current_app.config["SETTINGS"])
+    settings = current_app.config["SETTINGS"]
+    query = request.query_string.decode()
+    url = public_url(settings, request.path, query, request.url)
+    params = request.form.to_dict()
+    nonce = verified_nonce(settings, request.method, url, params, request.headers.get)
     if nonce is None:
         log_event(log, "webhook.bad_signature", logging.WARNING, path=request.path)
         raise ApiError(403, "forbidden", "missing or invalid Plivo signature")
     return nonce
-
-
-@bp.post("/status")
-def status_callback():
-    """Verify, append to the Redis stream, answer 200. If the buffer is down, 503 so that
-    Plivo retries: nothing is dropped silently."""
-    nonce = _signed_nonce()
-    fields = request.form.to_dict()
-    if not fields.get("MessageUUID") or not fields.get("Status"):
-        raise ApiError(400, "invalid_request", "MessageUUID and Status are required")
-    settings = current_app.config["SETTINGS"]
-    try:
-        append(redis_client(settings.redis_url), nonce, fields)
-    except ReplayedNonce:
-        log_event(log, "webhook.replayed", logging.WARNING, nonce=nonce)
-        raise ApiError(403, "forbidden", "this signed request was already received") from None
-    except redis.RedisError as error:
-        log_event(log, "webhook.buffer_down", logging.ERROR, error=type(error).__name__)
-        raise ApiError(503, "unavailable", "status buffer unavailable; retry later") from None
-    return "", 200
 
 
 def _sender_number(raw: str) -> str:

@@ -1,4 +1,4 @@
-"""`gunicorn api.wsgi:app`: stops at start-up with a message naming a bad variable."""
+"""`granian --interface wsgi api.wsgi:app`: stops at start-up naming a bad variable."""
 
 import sys
 

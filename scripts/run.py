@@ -183,8 +183,9 @@ def plan(settings: Settings, flower_password: str) -> list[Service]:
     services += [
         Service(
             "api",
-            [PYTHON, "-m", "gunicorn", "-w", "2", "--threads", "4", "-b", "127.0.0.1:8000",
-             "--access-logfile", "-", "api.wsgi:app"],
+            [PYTHON, "-m", "granian", "--interface", "wsgi", "--workers", "2",
+             "--blocking-threads", "2", "--host", "127.0.0.1", "--port", "8000",
+             "--access-log", "api.wsgi:app"],
             health=f"{API_URL}/readyz",
         ),
         Service(
@@ -310,7 +311,7 @@ def stop_all(services: list[Service]) -> None:
             except subprocess.TimeoutExpired:
                 print(f"{service.name} did not stop in {STOP_TIMEOUT:.0f}s; killing it")
         if process is not None:
-            # Also takes down anything it left in its group (gunicorn or Celery pool children).
+            # Also takes down anything it left in its group (granian or Celery pool children).
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:

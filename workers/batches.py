@@ -255,17 +255,10 @@ def finish_broadcast_if_done(
     )
     if open_batches:
         return None
-    counts = dict(
-        session.execute(
-            select(Recipient.status, func.count())
-            .where(Recipient.broadcast_id == broadcast_id)
-            .group_by(Recipient.status)
-        ).all()
-    )
     waiting = (RecipientStatus.PENDING, RecipientStatus.QUEUED, RecipientStatus.SENT)
-    if await_reports and any(counts.get(status) for status in waiting):
+    if await_reports and _any_recipient_in(session, broadcast_id, waiting):
         return None
-    bad = any(counts.get(status) for status in RecipientStatus.FAILURES)
+    bad = _any_recipient_in(session, broadcast_id, RecipientStatus.FAILURES)
     status = BroadcastStatus.COMPLETED_WITH_FAILURES if bad else BroadcastStatus.COMPLETED
     now = utcnow()
     changed = session.execute(
@@ -275,6 +268,16 @@ def finish_broadcast_if_done(
         .execution_options(synchronize_session=False)
     ).rowcount
     return status if changed else None
+
+
+def _any_recipient_in(session: Session, broadcast_id: uuid.UUID, statuses) -> bool:
+    # EXISTS on (broadcast_id, status) stays cheap for 100k recipients; the applier asks
+    # after every bulk of delivery reports.
+    return session.scalar(
+        select(
+            exists().where(Recipient.broadcast_id == broadcast_id, Recipient.status.in_(statuses))
+        )
+    )
 
 
 def _set_status(session: Session, ids: list[int], status: str, reason: str | None) -> None:

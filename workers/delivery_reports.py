@@ -205,9 +205,11 @@ def drain(settings: Settings, budget_seconds: float = 5.0) -> dict[str, int]:
         if not entries:
             break
         _apply_entries(settings, client, entries, totals)
-        entries = []
-        if time.monotonic() > deadline:
+        # A short read means the stream is drained: leave the rest to the next pass (beat,
+        # every second) so reports are applied in bulk, not a few at a time.
+        if len(entries) < CHUNK or time.monotonic() > deadline:
             break
+        entries = []
     if totals["reports"]:
         log_event(log, "reports.applied", **totals)
     return totals

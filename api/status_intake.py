@@ -1,0 +1,79 @@
+"""POST /webhooks/plivo/status as a plain WSGI handler in front of Flask.
+
+A large broadcast brings one to three delivery reports per message, thousands a second.
+The work per report is small (check the signature, append to a Redis stream, answer 200),
+so Flask's request machinery would be most of its cost; this path skips it. Everything
+else goes on to the Flask app."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import parse_qsl
+from wsgiref.util import request_uri
+
+import redis
+
+from api.signatures import public_url, verified_nonce
+from shared.config import Settings
+from shared.limits import redis_client
+from shared.logs import log_event
+from shared.status_events import ReplayedNonce, append
+
+PATH = "/webhooks/plivo/status"
+MAX_BODY = 64 * 1024  # a report is a few hundred bytes
+log = logging.getLogger(__name__)
+
+
+class StatusIntake:
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.settings = settings
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") != PATH:
+            return self.app(environ, start_response)
+        status, error = self._handle(environ)
+        if error is None:
+            start_response(status, [("Content-Length", "0")])
+            return [b""]
+        code, message = error
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response(status, headers)
+        return [body]
+
+    def _handle(self, environ) -> tuple[str, tuple[str, str] | None]:
+        """Verify, append, 200; 503 if the buffer is down, so that Plivo retries."""
+        if environ["REQUEST_METHOD"] != "POST":
+            return "405 METHOD NOT ALLOWED", ("method_not_allowed", "POST only")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            return "413 REQUEST ENTITY TOO LARGE", ("request_entity_too_large", "body too large")
+        body = environ["wsgi.input"].read(length).decode("utf-8", "replace")
+        params = dict(parse_qsl(body, keep_blank_values=True))
+        url = public_url(self.settings, PATH, environ.get("QUERY_STRING", ""), request_uri(environ))
+        nonce = verified_nonce(
+            self.settings,
+            "POST",
+            url,
+            params,
+            lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
+        )
+        if nonce is None:
+            log_event(log, "webhook.bad_signature", logging.WARNING, path=PATH)
+            return "403 FORBIDDEN", ("forbidden", "missing or invalid Plivo signature")
+        if not params.get("MessageUUID") or not params.get("Status"):
+            return "400 BAD REQUEST", ("invalid_request", "MessageUUID and Status are required")
+        try:
+            append(redis_client(self.settings.redis_url), nonce, params)
+        except ReplayedNonce:
+            log_event(log, "webhook.replayed", logging.WARNING, nonce=nonce)
+            return "403 FORBIDDEN", ("forbidden", "this signed request was already received")
+        except redis.RedisError as error:
+            log_event(log, "webhook.buffer_down", logging.ERROR, error=type(error).__name__)
+            return "503 SERVICE UNAVAILABLE", ("unavailable", "status buffer unavailable")
+        return "200 OK", None
