@@ -141,7 +141,7 @@ def seed(api: Api, database_url: str, count: int) -> list[tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=15_000)
-    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--api-workers", type=int, default=2, help="granian workers")
     parser.add_argument("--threads", type=int, default=2, help="granian blocking threads each")
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
