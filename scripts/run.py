@@ -188,9 +188,17 @@ def plan(settings: Settings, flower_password: str) -> list[Service]:
              "--access-log", "api.wsgi:app"],
             health=f"{API_URL}/readyz",
         ),
+        # Sending and housekeeping on separate workers: a flood of batches never holds up
+        # delivery reports or the reconciler.
         Service(
             "worker",
-            celery + ["worker", "-Q", "sms,mms,webhooks,maintenance", "-c", "2",
+            celery + ["worker", "-Q", "sms,mms", "-c", "2", "-n", "send@%h",
+                      "--loglevel", level],
+            health="log: ready." if verbose else "alive:5",
+        ),
+        Service(
+            "worker-events",
+            celery + ["worker", "-Q", "webhooks,maintenance", "-c", "1", "-n", "events@%h",
                       "--loglevel", level],
             health="log: ready." if verbose else "alive:5",
         ),

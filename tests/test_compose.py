@@ -15,7 +15,17 @@ from shared.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-SERVICES = {"postgres", "redis", "migrate", "api", "worker", "beat", "flower", "sandbox"}
+SERVICES = {
+    "postgres",
+    "redis",
+    "migrate",
+    "api",
+    "worker",
+    "worker-events",
+    "beat",
+    "flower",
+    "sandbox",
+}
 
 
 @pytest.fixture
