@@ -86,16 +86,6 @@ def send_mms_batch(self, batch_id: int, broadcast_id: str | None = None) -> dict
     return deliver_batch(get_settings(), batch_id, attempt=self.request.retries)
 
 
-_pacers: dict[str, Pacer] = {}
-
-
-def _pacer(settings: Settings) -> Pacer:
-    pacer = _pacers.get(settings.redis_url)
-    if pacer is None:
-        pacer = _pacers[settings.redis_url] = Pacer.for_settings(settings)
-    return pacer
-
-
 def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
     """The whole life of one attempt at one batch; the task is a thin shell around it."""
     url = settings.database_url
@@ -169,7 +159,8 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
 def _wait_for_slot(settings: Settings, batch_id: int, token: str, job) -> float | None:
     """Sleep until the batch's slot when it is close; otherwise hand the batch back with its
     slot kept and return the wait (a countdown task, or the reconciler once it is due)."""
-    pacer = _pacer(settings)
+    # Built per call (cheap: the Redis pool is shared), so it always uses these settings.
+    pacer = Pacer.for_settings(settings)
     if job.slot is None:
         reservation = pacer.reserve(job.kind, job.sender, len(job.recipients))
         slot, wait = reservation.slot, reservation.delay
