@@ -16,7 +16,7 @@ import redis
 
 from api.signatures import public_url, verified_nonce
 from shared.config import Settings
-from shared.limits import redis_client
+from shared.db import redis_client
 from shared.logs import log_event
 from shared.status_events import ReplayedNonce, append
 

@@ -1,4 +1,5 @@
-"""Engines and sessions for PostgreSQL (production) and SQLite (the zero-setup default)."""
+"""Engines and sessions for PostgreSQL (production) and SQLite (the zero-setup default), and
+the Redis connection pool (pacing, limits, the delivery-report stream)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+import redis
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -76,3 +78,9 @@ def ping(url: str) -> None:
     """Raise if the database cannot answer a trivial query."""
     with get_engine(url).connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+@lru_cache(maxsize=8)
+def redis_client(url: str) -> redis.Redis:
+    """One connection pool per Redis URL per process."""
+    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)

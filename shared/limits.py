@@ -3,20 +3,11 @@ read by the pacing script on every reservation, so a change applies to the next 
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-import redis
-
 from shared.config import Settings
+from shared.db import redis_client
 
 LIMITS_KEY = "bulksms:limits"
 KINDS = ("sms", "mms")
-
-
-@lru_cache(maxsize=8)
-def redis_client(url: str) -> redis.Redis:
-    """One connection pool per Redis URL per process."""
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
 
 
 def field(kind: str, sender: str | None = None) -> str:

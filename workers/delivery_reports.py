@@ -16,8 +16,7 @@ from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.config import Settings, get_settings
-from shared.db import chunked, is_postgres, session_scope
-from shared.limits import redis_client
+from shared.db import chunked, is_postgres, redis_client, session_scope
 from shared.logs import log_event
 from shared.models import Recipient, RecipientStatus, utcnow
 from shared.opt_outs import add_opt_outs

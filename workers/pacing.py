@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import redis
 
 from shared.config import Settings
-from shared.limits import LIMITS_KEY, configured_mps, field, redis_client
+from shared.db import redis_client
+from shared.limits import LIMITS_KEY, configured_mps, field
 
 # KEYS: sender timeline, limits hash. ARGV: k, per-sender field, account field, configured MPS.
 RESERVE_MESSAGES = """
