@@ -119,15 +119,11 @@ def plan_mms(session: Session, mms: MmsRequest, settings: Settings) -> Plan:
         text=text,
         encoding=None,
         segments=1,  # an MMS is billed as one message, whatever its length
-        to_send=audience.to_send,
-        skipped=audience.skipped,
-        invalid=audience.invalid,
-        duplicates=audience.duplicates,
         callback_url=callback_url,
         send_at=send_at,
         kind="mms",
         media=media,
-        rejected=audience.rejected,
+        **vars(audience),  # shallow: asdict would copy 100k numbers one by one
     )
 
 
