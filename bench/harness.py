@@ -36,7 +36,7 @@ from shared.config import SANDBOX_SENDER, Settings  # noqa: E402
 from shared.db import get_engine, session_scope  # noqa: E402
 from shared.models import Batch, Broadcast, BroadcastStatus, Recipient  # noqa: E402
 from tests import services  # noqa: E402
-from tests.conftest import migrate, settings_env  # noqa: E402
+from tests.conftest import migrate, settings_env, wait_for  # noqa: E402
 
 HOST = services.HOST
 API_KEY = "bench-key"
@@ -257,13 +257,7 @@ def wait_ready(workers: list[Child], timeout: float = 90) -> None:
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"{what}: not ready within {timeout:g}s")
+    return wait_for(predicate, timeout, every, f"{what}: not ready within {timeout:g}s")
 
 
 def _on_signal(signum, _frame):
