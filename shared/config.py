@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     global_pacing: bool = True
     request_limit: int = Field(300, ge=1)
     request_window: float = Field(5.0, gt=0)
+    # Share of REQUEST_LIMIT kept unused, so network jitter never pushes a window over at
+    # Plivo's end.
+    request_margin: float = Field(0.05, ge=0, lt=1)
+    # Plivo's Message list has its own, tighter limit (20 a minute).
+    list_request_limit: int = Field(20, ge=1)
+    list_request_window: float = Field(60.0, gt=0)
+    # SENDER_MPS default for senders without an override (0 = only the account limit).
+    default_sender_mps: float = Field(0.0, ge=0)
+    # Slots are booked at most this far ahead; later batches wait unbooked (<= COUNTDOWN_MAX).
+    pacing_horizon: float = Field(5.0, gt=0)
     pacing_max_sleep: float = Field(2.0, ge=0, le=30)
     pacing_lead: float = Field(1.0, ge=0, le=30)
     countdown_max: float = Field(300.0, gt=0)
@@ -88,6 +98,15 @@ class Settings(BaseSettings):
     retry_backoff_max: float = Field(300.0, gt=0)
     visibility_timeout: int = Field(3600, ge=60)
     default_region: str | None = None
+    # A recipient queued/sent with no final report this long after submission is looked up
+    # at Plivo (Message Get); still only `sent` there, it counts as final.
+    report_timeout: float = Field(7200.0, gt=0)
+    # An ambiguous attempt is looked up in Plivo's message list this long after it.
+    unknown_resolve_after: float = Field(600.0, gt=0)
+    # Recipients of an ambiguous attempt that Plivo never received go back to `pending`.
+    resend_unsent: bool = True
+    # A delivery report whose uuid is not recorded yet waits this long, then is an orphan.
+    orphan_report_after: float = Field(3600.0, gt=0)
     max_recipients: int = Field(100_000, ge=1, le=1_000_000)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
@@ -189,6 +208,8 @@ class Settings(BaseSettings):
         for name in ("retry_backoff_max", "countdown_max"):
             if getattr(self, name) >= self.visibility_timeout:
                 raise ValueError(f"{name.upper()} must be below VISIBILITY_TIMEOUT")
+        if self.pacing_horizon > self.countdown_max:
+            raise ValueError("PACING_HORIZON must not exceed COUNTDOWN_MAX")
         if self.pacing_lead > self.pacing_max_sleep:
             raise ValueError("PACING_LEAD must not exceed PACING_MAX_SLEEP")
         if self.lease_seconds <= self.plivo_timeout + self.pacing_max_sleep:

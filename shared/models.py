@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     Uuid,
     text,
@@ -33,8 +34,25 @@ def as_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+class UTCDateTime(TypeDecorator):
+    """An aware UTC datetime on both databases. SQLite keeps no zone, and SQLAlchemy drops
+    the offset of an aware value without converting it, so a `-05:00` time would be stored
+    five hours early: convert on the way in, attach UTC on the way out."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        return as_utc(value).astimezone(UTC)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else as_utc(value).astimezone(UTC)
+
+
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {datetime: UTCDateTime}
 
 
 class BroadcastStatus:
@@ -102,15 +120,19 @@ class Broadcast(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # The 202 body as first sent, so a retried POST gets exactly the same answer.
     intake_response: Mapped[dict | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UTCDateTime, default=utcnow, onupdate=utcnow
     )
-    scheduled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # `high` (alerts, one-time codes) books pacing slots before `normal` on the same sender.
+    priority: Mapped[str] = mapped_column(
+        String(8), default="normal", server_default="normal"
+    )
     # The client's own URL for a signed completion notice, and when it was delivered.
     callback_url: Mapped[str | None] = mapped_column(Text)
-    notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Batch(Base):
@@ -131,18 +153,30 @@ class Batch(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Fencing token written by each claim; later transitions of that attempt require it.
     claim_token: Mapped[str | None] = mapped_column(String(36))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The batch's reserved slot on its sender's timeline (set once reserved, so a batch
     # handed back never books capacity twice).
-    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The slot booked on the pacing timelines (NULL: not booked). Booked only a short
+    # horizon ahead, so `not_before` alone may be an estimate of an unbooked batch.
+    slot_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the current attempt's Plivo call started: the window an ambiguous attempt is
+    # looked up in (Plivo's message_time).
+    submitting_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Automatic resolution of an `unknown` batch: when to try next, how often it was
+    # tried, when it ended, and what was found (shown to operators).
+    resolve_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolve_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolution: Mapped[str | None] = mapped_column(Text)
     # When a task for it was last handed to the broker; NULL means "no task exists".
-    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     api_id: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UTCDateTime, default=utcnow, onupdate=utcnow
     )
-    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Recipient(Base):
@@ -175,10 +209,13 @@ class Recipient(Base):
     error_code: Mapped[str | None] = mapped_column(String(16))
     error_reason: Mapped[str | None] = mapped_column(Text)
     units: Mapped[int | None] = mapped_column(Integer)
-    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # From Plivo's delivery reports: when the carrier took it, and when it became final.
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the status sweep looked the message up at Plivo; one still only `sent` then is
+    # final ("sent, no delivery report").
+    report_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OptOut(Base):
@@ -187,7 +224,7 @@ class OptOut(Base):
     phone: Mapped[str] = mapped_column(String(16), primary_key=True)
     source: Mapped[str] = mapped_column(String(32), default="api")
     reason: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class InboundMessage(Base):
@@ -202,4 +239,30 @@ class InboundMessage(Base):
     text: Mapped[str | None] = mapped_column(Text)
     intent: Mapped[str | None] = mapped_column(String(16))
     action: Mapped[str | None] = mapped_column(String(16))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeliveryReport(Base):
+    """A verified status callback, committed before Plivo gets its 200 (Redis may lose what
+    it holds). Applied in bulk by workers; one whose uuid is not recorded yet waits, and after
+    ORPHAN_REPORT_AFTER is kept as an orphan an operator can see. The unique nonce refuses
+    replays; rows are purged some time after they were applied."""
+
+    __tablename__ = "delivery_reports"
+    __table_args__ = (
+        Index(
+            "ix_delivery_reports_unapplied",
+            "id",
+            postgresql_where=text("applied_at IS NULL"),
+            sqlite_where=text("applied_at IS NULL"),
+        ),
+        Index("ix_delivery_reports_message_uuid", "message_uuid"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    nonce: Mapped[str] = mapped_column(String(128), unique=True)
+    message_uuid: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    orphaned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
