@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, exists, func, select, text, update
+from sqlalchemy import and_, bindparam, exists, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import chunked, is_postgres
@@ -192,7 +192,7 @@ def record_submitted(
     now = utcnow()
     # Also from `unknown`: if the reconciler gave up on this call but Plivo did answer,
     # the answer is the truth.
-    session.execute(
+    changed = session.execute(
         _fenced(batch_id, token)
         .where(Batch.status.in_((BatchStatus.SUBMITTING, BatchStatus.UNKNOWN)))
         .values(
@@ -202,7 +202,13 @@ def record_submitted(
             lease_expires_at=None,
             updated_at=now,
         )
-    )
+    ).rowcount
+    if not changed and session.scalar(
+        select(Batch.api_id).where(Batch.id == batch_id, Batch.status == BatchStatus.SUBMITTED)
+    ) == result.api_id:
+        # A retried write whose first try did commit: writing the uuids again would move
+        # recipients that reports already moved on back to `queued`.
+        return
     pairs = [(job.recipients[number], uuid_) for number, uuid_ in result.uuids.items()]
     _set_uuids(session, pairs, now)
     rejected = [job.recipients[n] for n in result.invalid if n in job.recipients]
@@ -248,12 +254,14 @@ def finish_broadcast_if_done(
 ) -> str | None:
     """When no batch is left to send (and, when Plivo reports delivery to us, no recipient
     is still waiting for its report), the broadcast is completed, with failures if any."""
-    open_batches = session.scalar(
-        select(func.count())
-        .select_from(Batch)
-        .where(Batch.broadcast_id == broadcast_id, Batch.status.not_in(BatchStatus.FINAL))
-    )
-    if open_batches:
+    if _has_open_batch(session, broadcast_id):
+        return None
+    # An operator's retry may be committing new batches right now: take the broadcast's row
+    # lock (retry holds it while it writes) and look again, so a broadcast is never
+    # completed with batches nobody will claim. Only here, when it looks finished, so the
+    # appliers calling this after every bulk of reports rarely lock anything.
+    session.scalar(select(Broadcast.id).where(Broadcast.id == broadcast_id).with_for_update())
+    if _has_open_batch(session, broadcast_id):
         return None
     waiting = (RecipientStatus.PENDING, RecipientStatus.QUEUED, RecipientStatus.SENT)
     if await_reports and _any_recipient_in(session, broadcast_id, waiting):
@@ -263,11 +271,27 @@ def finish_broadcast_if_done(
     now = utcnow()
     changed = session.execute(
         update(Broadcast)
-        .where(Broadcast.id == broadcast_id, Broadcast.status.in_(BroadcastStatus.SENDABLE))
+        .where(
+            Broadcast.id == broadcast_id,
+            Broadcast.status.in_(BroadcastStatus.SENDABLE),
+            # SQLite has no row locks; its writers are serialised, and this re-check runs
+            # under the write lock, after any retry that committed first.
+            ~_open_batch_exists(broadcast_id),
+        )
         .values(status=status, finished_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
     return status if changed else None
+
+
+def _open_batch_exists(broadcast_id: uuid.UUID):
+    return exists().where(
+        Batch.broadcast_id == broadcast_id, Batch.status.not_in(BatchStatus.FINAL)
+    )
+
+
+def _has_open_batch(session: Session, broadcast_id: uuid.UUID) -> bool:
+    return session.scalar(select(_open_batch_exists(broadcast_id)))
 
 
 def _any_recipient_in(session: Session, broadcast_id: uuid.UUID, statuses) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
 
 import redis
+from sqlalchemy.exc import SQLAlchemyError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from shared.config import Settings, get_settings
 from shared.db import session_scope
@@ -138,8 +141,7 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
             )
         except PlivoError as error:
             return _handle_error(settings, attempt, batch_id, token, job, error)
-    with session_scope(url) as session:
-        batches.record_submitted(session, batch_id, token, job, result)
+    _record_accepted(settings, batch_id, token, job, result)
     with session_scope(url) as session:
         batches.finish_broadcast_if_done(
             session, job.broadcast_id, settings.status_callback_url is not None
@@ -154,6 +156,39 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
         api_id=result.api_id,
     )
     return {"batch_id": batch_id, "outcome": "submitted", "accepted": len(result.uuids)}
+
+
+def _record_accepted(settings: Settings, batch_id: int, token: str, job, result) -> None:
+    """Plivo has the messages: their uuids must not be lost to a database blip. The
+    recipient id → uuid map is logged first (the record of last resort), then the write is
+    retried for half the lease; only if the database stays away does the batch end
+    `unknown`, to be resolved from Plivo's message list."""
+    log_event(
+        log,
+        "batch.accepted",
+        batch_id=batch_id,
+        api_id=result.api_id,
+        uuids=json.dumps(
+            {job.recipients[number]: uuid_ for number, uuid_ in result.uuids.items()},
+            separators=(",", ":"),
+        ),
+    )
+    for attempt in Retrying(
+        retry=retry_if_exception_type(SQLAlchemyError),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5),
+        stop=stop_after_delay(settings.lease_seconds / 2),
+        before_sleep=lambda state: log_event(
+            log,
+            "batch.record_retry",
+            logging.WARNING,
+            batch_id=batch_id,
+            attempt=state.attempt_number,
+            error=type(state.outcome.exception()).__name__,
+        ),
+        reraise=True,
+    ):
+        with attempt, session_scope(settings.database_url) as session:
+            batches.record_submitted(session, batch_id, token, job, result)
 
 
 def _wait_for_slot(settings: Settings, batch_id: int, token: str, job) -> float | None:
