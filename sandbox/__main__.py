@@ -17,6 +17,10 @@ object; GET /sandbox/config shows them all (but the token).
 
 Endpoints:
   POST /v1/Account/<auth_id>/Message/  Plivo's send-message API (what the SDK calls)
+  GET  /v1/Account/<auth_id>/Message/<uuid>/
+                                       Plivo's Message Get: the message detail record
+  GET  /v1/Account/<auth_id>/Message/  Plivo's Message List: filters, limit <= 20, offset;
+                                       list_request_limit per list_request_window
   GET  /messages/<uuid>                one message: dst, src, type, text, media, status, ...
   GET  /stats                          counters: sends per number, duplicates, queues, 429s,
                                        faults, outcomes, callbacks

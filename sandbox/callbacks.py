@@ -55,6 +55,8 @@ class CallbackSender:
         self._workers: list[threading.Thread] = []
         self._closed = False
         self.sent = self.failed = self.pending = 0
+        # Callbacks never sent on purpose (share_no_final_report, share_no_callbacks).
+        self.withheld = 0
 
     def schedule(self, run: Run) -> None:
         with self._cond:
@@ -66,13 +68,18 @@ class CallbackSender:
 
     def counts(self) -> dict[str, int]:
         with self._cond:
-            return {"sent": self.sent, "failed": self.failed, "pending": self.pending}
+            return {
+                "sent": self.sent,
+                "failed": self.failed,
+                "pending": self.pending,
+                "withheld": self.withheld,
+            }
 
     def reset(self) -> None:
         with self._cond:
             self._generation += 1
             self._heap.clear()
-            self.sent = self.failed = self.pending = 0
+            self.sent = self.failed = self.pending = self.withheld = 0
 
     def reseed(self, seed: int | None) -> None:
         with self._cond:
@@ -123,15 +130,20 @@ class CallbackSender:
 
     def _expand(self, generation: int, run: Run) -> None:
         config = self._settings()
+        plans = [run.callback_plan(index, config, self._rng) for index in range(len(run.uuids))]
         messages = [
-            _MessageCallbacks(run, index, run.callback_plan(index, config, self._rng))
-            for index in range(len(run.uuids))
+            _MessageCallbacks(run, index, plan.steps)
+            for index, plan in enumerate(plans)
+            if plan.steps
         ]
-        duplicates = sum(len(message.steps) for message in messages) - run.callback_count()
+        withheld = sum(plan.withheld for plan in plans)
+        # Duplicates add to what callback_count() expected, withheld callbacks take from it.
+        planned = sum(len(message.steps) for message in messages)
         with self._cond:
             if generation != self._generation:
                 return
-            self.pending += duplicates
+            self.pending += planned - run.callback_count()
+            self.withheld += withheld
             for message in messages:
                 self._push(message.steps[0].due, message)
 

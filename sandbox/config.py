@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 DEFAULT_AUTH_ID = "MASANDBOX00000000000"
 DEFAULT_AUTH_TOKEN = "sandbox-auth-token"
 OUTCOME_STATUSES = ("delivered", "undelivered", "failed")
+# A message the carrier never reports on: Plivo's record says `sent` for good.
+STAYS_SENT = "sent"
+# UTC offsets that exist, in minutes: -12:00 to +14:00.
+UTC_OFFSET_RANGE = (-720, 840)
 
 
 def normalize_prefixes(prefixes: Iterable[str]) -> list[str]:
@@ -83,6 +87,16 @@ def _at_least_one(value: object) -> int:
     return count
 
 
+def _utc_offset(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be a whole number of minutes")
+    minutes = int(value)
+    low, high = UTC_OFFSET_RANGE
+    if not low <= minutes <= high:
+        raise ValueError(f"must be from {low} to {high} minutes")
+    return minutes
+
+
 def _seed(value: object) -> int | None:
     if value is None or value == "":
         return None
@@ -109,10 +123,14 @@ def _sender_mps(value: object) -> dict[str, float]:
 
 
 def parse_outcome(outcome: str) -> tuple[str, int | None]:
-    """'delivered', 'undelivered:30' or 'failed:450' -> (status, error code or None)."""
+    """'delivered', 'sent', 'undelivered:30' or 'failed:450' -> (status, error code or None)."""
     status, _, code = outcome.partition(":")
-    if status not in OUTCOME_STATUSES or (status == "delivered" and code):
-        raise ValueError(f"outcome {outcome!r}: use delivered, undelivered:CODE or failed:CODE")
+    if status not in (*OUTCOME_STATUSES, STAYS_SENT) or (
+        status in ("delivered", STAYS_SENT) and code
+    ):
+        raise ValueError(
+            f"outcome {outcome!r}: use delivered, sent, undelivered:CODE or failed:CODE"
+        )
     if code and not (code.isdecimal() and code.isascii()):
         raise ValueError(f"outcome {outcome!r}: the error code must be digits")
     return status, int(code) if code else None
@@ -181,6 +199,13 @@ class SandboxConfig:
     # The account's API request limit.
     request_limit: int = _setting(300, _count, "create requests per window; 0 = unlimited")
     request_window: float = _setting(5.0, _number, "seconds of the sliding request window")
+    # Message list (GET .../Message/) has its own, much tighter limit on top of that one.
+    list_request_limit: int = _setting(
+        20, _count, "message list requests per list window; 0 = unlimited"
+    )
+    list_request_window: float = _setting(
+        60.0, _number, "seconds of the sliding message list window"
+    )
     # Faults, as shares of create requests.
     fail_5xx: float = _setting(0.0, _share, "share answered 500/502/503, nothing recorded")
     fail_429: float = _setting(0.0, _share, "share answered 429 on top of the request limit")
@@ -188,12 +213,21 @@ class SandboxConfig:
     slow_seconds: float = _setting(30.0, _number, "delay of a slow answer")
     drop_before: float = _setting(0.0, _share, "share dropped unanswered, nothing recorded")
     drop_after: float = _setting(0.0, _share, "share accepted, then dropped unanswered")
+    fail_after_accept: float = _setting(
+        0.0, _share, "share accepted and sent, then answered 500/504 (gateway timeout)"
+    )
     fault_seed: int | None = _setting(None, _seed, "seed of the random faults and outcomes")
     # What happens to a message after it is queued.
     share_undelivered: float = _setting(0.0, _share, "share ending undelivered after sent")
     share_failed: float = _setting(0.0, _share, "share ending failed before sent")
+    share_stays_sent: float = _setting(
+        0.0, _share, "share the carrier never reports on: `sent` for good, no final callback"
+    )
     outcomes: dict[str, str] = _setting(
-        dict, _outcomes, "{digits: delivered|undelivered:CODE|failed:CODE}", _mapping_from_text
+        dict,
+        _outcomes,
+        "{digits: delivered|sent|undelivered:CODE|failed:CODE}",
+        _mapping_from_text,
     )
     oversize_media: list[str] = _setting(
         list, _strings, "media URLs (or parts) treated as over 5 MB: error 120", _list_from_text
@@ -202,10 +236,21 @@ class SandboxConfig:
     # Status callbacks.
     share_duplicate_callbacks: float = _setting(0.0, _share, "share of callbacks sent twice")
     share_out_of_order: float = _setting(0.0, _share, "share of final callbacks before sent")
+    # The message still reaches its final state (Message Get/List report it); only the
+    # report to `url` is lost, as when a carrier's DLR never makes it back.
+    share_no_final_report: float = _setting(
+        0.0, _share, "share of messages whose final callback is never sent"
+    )
+    share_no_callbacks: float = _setting(0.0, _share, "share of messages with no callback at all")
     callback_workers: int = _setting(8, _at_least_one, "threads posting callbacks")
     callback_retries: int = _setting(3, _count, "retries of a callback after 5xx/no answer")
     callback_retry_delay: float = _setting(1.0, _number, "first retry delay; doubles each time")
     callback_timeout: float = _setting(5.0, _number, "seconds to wait for a callback receiver")
+    # Message Get/List report message_time in the account's time zone; UTC unless set, so a
+    # client that drops the offset instead of converting can be caught.
+    message_time_offset: int = _setting(
+        0, _utc_offset, "UTC offset, in minutes, of message_time in Message Get/List"
+    )
     inbound_url: str | None = _setting(
         None, _optional_url, "default receiver of POST /sandbox/inbound"
     )

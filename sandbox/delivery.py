@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sandbox.config import SandboxConfig, parse_outcome
+from sandbox.config import OUTCOME_STATUSES, STAYS_SENT, SandboxConfig, parse_outcome
 from sandbox.encoding import message_units
 from sandbox.messages import MessageRequest
 from sandbox.queues import Schedule
@@ -21,8 +21,8 @@ RATES = {"sms": "0.00500", "mms": "0.02000"}  # per unit, as Plivo's TotalRate
 # One carrier for every number: the fields are there, their values do not matter here.
 MCC, MNC = "310", "410"
 
-# An outcome is None (delivered) or (status, error code).
-Outcome = tuple[str, int] | None
+# An outcome is None (delivered) or (status, error code); ("sent", None) stays sent for good.
+Outcome = tuple[str, int | None] | None
 
 
 class Step(NamedTuple):
@@ -32,6 +32,13 @@ class Step(NamedTuple):
     status: str
     sequence: int
     error_code: int | None
+
+
+class Plan(NamedTuple):
+    """A message's callbacks as posted, and how many of its true ones were withheld."""
+
+    steps: list[Step]
+    withheld: int
 
 
 @dataclass(slots=True)
@@ -66,18 +73,47 @@ class Run:
             return "sent", None
         return outcome or ("delivered", None)
 
-    def callback_count(self) -> int:
-        """Callbacks before any duplicates: queued, sent, final; a failure skips `sent`."""
-        kept = self.schedule.kept
-        failed = len(self.uuids) - kept
-        if self.outcomes:
-            failed += sum(
-                1 for outcome in self.outcomes[:kept] if outcome and outcome[0] == "failed"
-            )
-        return 3 * len(self.uuids) - failed
+    def units(self) -> int:
+        """Parts billed per message: one for an MMS, else as the text splits."""
+        if self._units is None:
+            request = self.request
+            self._units = 1 if request.type == "mms" else message_units(request.text)
+        return self._units
 
-    def callback_plan(self, index: int, config: SandboxConfig, rng: random.Random) -> list[Step]:
+    def callback_count(self) -> int:
+        """Callbacks before any duplicates or withholding: queued, sent, final; a failure
+        skips `sent`, a message that stays sent has no final one."""
+        kept = self.schedule.kept
+        short = len(self.uuids) - kept
+        if self.outcomes:
+            short += sum(
+                1
+                for outcome in self.outcomes[:kept]
+                if outcome and outcome[0] in ("failed", STAYS_SENT)
+            )
+        return 3 * len(self.uuids) - short
+
+    def callback_plan(self, index: int, config: SandboxConfig, rng: random.Random) -> Plan:
         """This message's callbacks in the order they are posted; Sequence is the true order."""
+        steps = self._true_steps(index)
+        planned = len(steps)
+        # Drawn only when switched on, so a seed gives the same run as before these existed.
+        if config.share_no_callbacks and rng.random() < config.share_no_callbacks:
+            return Plan([], planned)
+        if config.share_no_final_report and rng.random() < config.share_no_final_report:
+            steps = [step for step in steps if step.status not in OUTCOME_STATUSES]
+        withheld = planned - len(steps)
+        if len(steps) == 3 and rng.random() < config.share_out_of_order:
+            # The carrier's report overtakes Plivo's own `sent`.
+            sent, final = steps[1], steps[2]
+            steps[1:] = [final._replace(due=sent.due), sent]
+        duplicate = config.share_duplicate_callbacks
+        if duplicate:
+            steps = [copy for step in steps for copy in [step] * (1 + (rng.random() < duplicate))]
+        return Plan(steps, withheld)
+
+    def _true_steps(self, index: int) -> list[Step]:
+        """Every status the message goes through, in order, as Plivo would report them."""
         outcome = self.outcome(index)
         events = [(self.accepted, "queued", None)]
         if index >= self.schedule.kept:
@@ -86,22 +122,15 @@ class Run:
             events.append((self.schedule.send_time(index), *outcome))
         else:
             send_time = self.schedule.send_time(index)
-            final = outcome or ("delivered", None)
-            events += [(send_time, "sent", None), (send_time + self.delivery_delay, *final)]
-        steps = [Step(due, status, seq, code) for seq, (due, status, code) in enumerate(events, 1)]
-        if len(steps) == 3 and rng.random() < config.share_out_of_order:
-            # The carrier's report overtakes Plivo's own `sent`.
-            sent, final = steps[1], steps[2]
-            steps[1:] = [final._replace(due=sent.due), sent]
-        duplicate = config.share_duplicate_callbacks
-        if duplicate:
-            steps = [copy for step in steps for copy in [step] * (1 + (rng.random() < duplicate))]
-        return steps
+            events.append((send_time, "sent", None))
+            if not (outcome and outcome[0] == STAYS_SENT):
+                final = outcome or ("delivered", None)
+                events.append((send_time + self.delivery_delay, *final))
+        return [Step(due, status, seq, code) for seq, (due, status, code) in enumerate(events, 1)]
 
     def callback_params(self, index: int, step: Step) -> dict[str, str]:
         request = self.request
-        if self._units is None:
-            self._units = 1 if request.type == "mms" else message_units(request.text)
+        units = self.units()
         rate = RATES[request.type]
         sent = step.status in ("sent", "delivered", "undelivered")
         final = step.status in ("delivered", "undelivered", "failed")
@@ -111,9 +140,9 @@ class Run:
             "From": (request.src or "").removeprefix("+"),
             "Type": request.type,
             "Status": step.status,
-            "Units": str(self._units),
+            "Units": str(units),
             "TotalRate": rate,
-            "TotalAmount": f"{float(rate) * self._units:.5f}",
+            "TotalAmount": f"{float(rate) * units:.5f}",
             "MCC": MCC,
             "MNC": MNC,
             "Sequence": str(step.sequence),
@@ -136,7 +165,8 @@ def choose_outcomes(
         return [("failed", MMS_TOO_LARGE)] * len(request.destinations)
     fixed = {digits: parse_outcome(outcome) for digits, outcome in config.outcomes.items()}
     failed, undelivered = config.share_failed, config.share_undelivered
-    if not (fixed or failed or undelivered):
+    stays_sent = config.share_stays_sent
+    if not (fixed or failed or undelivered or stays_sent):
         return None
     outcomes: list[Outcome] = []
     for digits in request.destinations:
@@ -144,15 +174,19 @@ def choose_outcomes(
             status, code = fixed[digits]
             if status == "delivered":
                 outcomes.append(None)
+            elif status == STAYS_SENT:
+                outcomes.append((STAYS_SENT, None))
             else:
                 codes = FAILED_CODES if status == "failed" else UNDELIVERED_CODES
                 outcomes.append((status, code if code is not None else rng.choice(codes)))
             continue
-        draw = rng.random() if failed or undelivered else 1.0
+        draw = rng.random() if failed or undelivered or stays_sent else 1.0
         if draw < failed:
             outcomes.append(("failed", rng.choice(FAILED_CODES)))
         elif draw < failed + undelivered:
             outcomes.append(("undelivered", rng.choice(UNDELIVERED_CODES)))
+        elif draw < failed + undelivered + stays_sent:
+            outcomes.append((STAYS_SENT, None))
         else:
             outcomes.append(None)
     return outcomes

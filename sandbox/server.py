@@ -22,6 +22,7 @@ from sandbox.callbacks import CallbackSender, callback_session
 from sandbox.config import SandboxConfig
 from sandbox.delivery import Outcome, choose_outcomes
 from sandbox.inbound import INTENTS, inbound_form
+from sandbox.lookups import InvalidQuery, list_page, message_record, parse_list_query
 from sandbox.messages import (
     InvalidMessageRequest,
     MessageRequest,
@@ -30,7 +31,7 @@ from sandbox.messages import (
 )
 from sandbox.signature import signature_headers
 from sandbox.state import SandboxState
-from sandbox.traffic import SERVER_ERRORS, Faults, RequestLimit
+from sandbox.traffic import AFTER_ACCEPT_ERRORS, SERVER_ERRORS, Faults, RequestLimit
 
 API_PREFIX = "/v1/Account"
 _PHONE = re.compile(r"\+?\d{3,15}", re.ASCII)
@@ -44,6 +45,8 @@ class Sandbox:
         self.config = config
         self.state = SandboxState()
         self.request_limit = RequestLimit()
+        # The Message list's own limit, on top of the account's.
+        self.list_limit = RequestLimit()
         self.faults = Faults(config.fault_seed)
         self.callbacks = CallbackSender(lambda: self.config, config.fault_seed)
         self._outcome_rng = random.Random(config.fault_seed)
@@ -62,6 +65,7 @@ class Sandbox:
         with self._lock:
             self.state.reset()
             self.request_limit.reset()
+            self.list_limit.reset()
             self.callbacks.reset()
             self._reseed()
 
@@ -115,7 +119,47 @@ def create_app(config: SandboxConfig | None = None) -> Flask:
             sandbox.closing.wait(config.slow_seconds)
         elif fault == "drop_after":
             return _drop_connection()
+        elif fault == "fail_after_accept" and response[1] == 202:
+            # Plivo queued the messages, but the answer that says so never reaches the client.
+            # A request Plivo refused (400, 401, 429) keeps its own answer.
+            status = sandbox.faults.after_accept_error()
+            return _plivo_error(status, AFTER_ACCEPT_ERRORS[status])
         return response
+
+    @app.get(f"{API_PREFIX}/<auth_id>/Message/<message_uuid>/", strict_slashes=False)
+    def get_message(auth_id: str, message_uuid: str):
+        config = sandbox.config
+        refusal = _refuse_lookup(sandbox, config, auth_id)
+        if refusal:
+            return refusal
+        sandbox.state.record_lookup("gets")
+        entry = sandbox.state.entry(message_uuid)
+        if entry is None:
+            sandbox.state.record_lookup("gets_not_found")
+            return _plivo_error(404, "not found")
+        run, index = entry
+        record = message_record(run, index, time.time(), config.auth_id, config.message_time_offset)
+        return jsonify({"api_id": _api_id(), **record})
+
+    @app.get(f"{API_PREFIX}/<auth_id>/Message/", strict_slashes=False)
+    def list_messages(auth_id: str):
+        config = sandbox.config
+        refusal = _refuse_lookup(sandbox, config, auth_id)
+        if refusal:
+            return refusal
+        now = time.time()
+        if not sandbox.list_limit.admit(config.list_request_limit, config.list_request_window, now):
+            sandbox.state.record_lookup("list_too_many_requests")
+            return _too_many_requests()
+        try:
+            query = parse_list_query(request.args, now)
+        except InvalidQuery as error:
+            sandbox.state.record_lookup("bad_requests")
+            return _plivo_error(400, str(error))
+        sandbox.state.record_lookup("lists")
+        runs = sandbox.state.runs_between(query.earliest, query.latest)
+        page = list_page(query, runs, now, config.auth_id, config.message_time_offset)
+        return jsonify({"api_id": _api_id(), **page})
 
     @app.post(f"{API_PREFIX}/<auth_id>/Media/", strict_slashes=False)
     def upload_media(auth_id: str):
@@ -226,6 +270,20 @@ def _create_messages(sandbox: Sandbox, config: SandboxConfig, auth_id: str):
     if message.invalid_numbers:
         response["invalid_number"] = message.invalid_numbers
     return jsonify(response), 202
+
+
+def _refuse_lookup(sandbox: Sandbox, config: SandboxConfig, auth_id: str):
+    """The answer to a Get or List that fails auth or the account's request limit, or None.
+
+    Lookups share the account's request limit with sends, as at Plivo; no fault applies.
+    """
+    if not _authenticated(config, auth_id):
+        sandbox.state.record_lookup("auth_failures")
+        return _plivo_error(401, "authentication credentials invalid")
+    if not sandbox.request_limit.admit(config.request_limit, config.request_window, time.time()):
+        sandbox.state.record_lookup("too_many_requests")
+        return _too_many_requests()
+    return None
 
 
 def _simulate_inbound(config: SandboxConfig):

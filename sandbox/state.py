@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import Counter
@@ -10,13 +11,25 @@ from itertools import repeat
 
 from sandbox.config import SandboxConfig
 from sandbox.delivery import Outcome, Run
+from sandbox.lookups import micros
 from sandbox.messages import MessageRequest
 from sandbox.queues import Queues
 
 MAX_DUPLICATE_EXAMPLES = 20
-FAULT_KINDS = ("drop_before", "5xx", "429", "drop_after", "slow")
+FAULT_KINDS = ("drop_before", "5xx", "429", "drop_after", "slow", "fail_after_accept")
 # Faults that answer in place of the Message API: the request is never processed.
 REFUSING_FAULTS = frozenset({"drop_before", "5xx", "429"})
+# Message Get and List answers; Get and List requests are not counted in `requests`, which
+# stays the number of create requests.
+LOOKUP_COUNTERS = (
+    "gets",  # Get requests answered 200 or 404
+    "gets_not_found",  # of which 404
+    "lists",  # List requests answered 200
+    "list_too_many_requests",  # 429 from the list's own limit
+    "too_many_requests",  # 429 from the account's request limit
+    "bad_requests",
+    "auth_failures",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +67,8 @@ class SandboxState:
         self.duplicates = 0
         self.expired = 0
         self._faults: Counter[str] = Counter(dict.fromkeys(FAULT_KINDS, 0))
-        self._outcomes: Counter[str] = Counter(delivered=0, undelivered=0, failed=0)
+        # `sent`: stayed sent for good (share_stays_sent), the carrier never reported.
+        self._outcomes: Counter[str] = Counter(delivered=0, undelivered=0, failed=0, sent=0)
         self._by_type: Counter[str] = Counter(sms=0, mms=0)
         self._duplicate_examples: list[str] = []
         self._sends: Counter[str] = Counter()
@@ -64,6 +78,11 @@ class SandboxState:
         # uuid -> (the request it came in, its index there): one shared Run per call keeps a
         # million records cheap to build and to hold.
         self._records: dict[str, tuple[Run, int]] = {}
+        # Every Run in acceptance order, and its acceptance time in microseconds: the Message
+        # list finds a time window by bisection instead of scanning every record.
+        self._runs: list[Run] = []
+        self._run_micros: list[int] = []
+        self._lookups: Counter[str] = Counter(dict.fromkeys(LOOKUP_COUNTERS, 0))
         # (epoch, sender, type, messages) per accepted request, for achieved-rate benchmarks.
         self._request_log: list[tuple[float, str, str, int]] = []
         self._queues = Queues()
@@ -116,7 +135,9 @@ class SandboxState:
         account_mps = config.mms_mps if request.type == "mms" else config.sms_mps
         keys = [(digits, request.text) for digits in destinations]
         with self._lock:
-            now = time.time()
+            # Never before the previous request, even if the wall clock steps back: the list's
+            # bisection needs acceptance times in order.
+            now = max(time.time(), self._runs[-1].accepted if self._runs else 0.0)
             schedule = self._queues.enqueue(
                 sender,
                 request.type,
@@ -138,6 +159,8 @@ class SandboxState:
                 self._count_duplicates([key for key in keys if key in self._texted])
             self._texted.update(keys)
             self._records.update(zip(uuids, zip(repeat(run), range(count)), strict=True))
+            self._runs.append(run)
+            self._run_micros.append(micros(now))
         return run
 
     def _count_outcomes(self, run: Run) -> None:
@@ -160,9 +183,26 @@ class SandboxState:
             if digits not in examples:
                 examples.append(digits)
 
-    def message(self, uuid: str) -> MessageRecord | None:
+    def entry(self, uuid: str) -> tuple[Run, int] | None:
+        """The Run a message came in and its index there."""
         with self._lock:
-            entry = self._records.get(uuid)
+            return self._records.get(uuid)
+
+    def runs_between(self, earliest: int, latest: int | None) -> list[Run]:
+        """Runs accepted from `earliest` to `latest` (microseconds, inclusive), newest first."""
+        with self._lock:
+            start = bisect.bisect_left(self._run_micros, earliest)
+            stop = len(self._runs)
+            if latest is not None:
+                stop = bisect.bisect_right(self._run_micros, latest, lo=start)
+            return self._runs[start:stop][::-1]
+
+    def record_lookup(self, counter: str) -> None:
+        with self._lock:
+            self._lookups[counter] += 1
+
+    def message(self, uuid: str) -> MessageRecord | None:
+        entry = self.entry(uuid)
         if entry is None:
             return None
         run, index = entry
@@ -209,4 +249,5 @@ class SandboxState:
                 "queue_depth": self._queues.depths(time.time()),
                 "outcomes": dict(self._outcomes),
                 "by_type": dict(self._by_type),
+                "lookups": dict(self._lookups),
             }

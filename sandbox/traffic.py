@@ -1,5 +1,5 @@
-"""What can meet a create request before Plivo processes it: the account's request limit and
-the faults injected to rehearse a client's error handling."""
+"""What can meet a request around Plivo's processing of it: the account's request limits and
+the faults injected into create requests to rehearse a client's error handling."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from collections import deque
 from sandbox.config import SandboxConfig
 
 SERVER_ERRORS = {500: "internal server error", 502: "bad gateway", 503: "service unavailable"}
+# What a client may see although Plivo took the request: the app failed after queueing, or the
+# gateway gave up waiting for it.
+AFTER_ACCEPT_ERRORS = {500: "internal server error", 504: "gateway timeout"}
 
 
 class RequestLimit:
@@ -55,6 +58,8 @@ class Faults:
             ("429", config.fail_429),
             ("drop_after", config.drop_after),
             ("slow", config.slow),
+            # Last, so switching it on leaves the draws of the older faults as they were.
+            ("fail_after_accept", config.fail_after_accept),
         )
         if not any(share for _, share in shares):
             return None  # no draw, so a seeded sequence starts when faults are switched on
@@ -69,3 +74,7 @@ class Faults:
     def server_error(self) -> int:
         with self._lock:
             return self._rng.choice(list(SERVER_ERRORS))
+
+    def after_accept_error(self) -> int:
+        with self._lock:
+            return self._rng.choice(list(AFTER_ACCEPT_ERRORS))

@@ -192,6 +192,7 @@ def test_it_accepts_1000_destinations_and_rejects_1001(client, base_url):
 def test_it_forgets_everything_on_reset(client, base_url):
     client.messages.create(src=SRC, dst="14155550001", text="hi")
     client.messages.create(src=SRC, dst="14155550001", text="hi")
+    client.messages.get(client.messages.list(limit=20).objects[0].message_uuid)
     assert stats(base_url)["duplicates"] == 1
 
     requests.post(f"{base_url}/stats/reset", timeout=5).raise_for_status()
@@ -207,13 +208,29 @@ def test_it_forgets_everything_on_reset(client, base_url):
         "auth_failures": 0,
         "bad_requests": 0,
         "too_many_requests": 0,
-        "faults": {"drop_before": 0, "5xx": 0, "429": 0, "drop_after": 0, "slow": 0},
+        "faults": {
+            "drop_before": 0,
+            "5xx": 0,
+            "429": 0,
+            "drop_after": 0,
+            "slow": 0,
+            "fail_after_accept": 0,
+        },
         "expired": 0,
         "max_queue_depth": {},
         "queue_depth": {},
-        "outcomes": {"delivered": 0, "undelivered": 0, "failed": 0},
+        "outcomes": {"delivered": 0, "undelivered": 0, "failed": 0, "sent": 0},
         "by_type": {"sms": 0, "mms": 0},
-        "callbacks": {"sent": 0, "failed": 0, "pending": 0},
+        "lookups": {
+            "gets": 0,
+            "gets_not_found": 0,
+            "lists": 0,
+            "list_too_many_requests": 0,
+            "too_many_requests": 0,
+            "bad_requests": 0,
+            "auth_failures": 0,
+        },
+        "callbacks": {"sent": 0, "failed": 0, "pending": 0, "withheld": 0},
     }
     client.messages.create(src=SRC, dst="14155550001", text="hi")
     assert stats(base_url)["duplicates"] == 0

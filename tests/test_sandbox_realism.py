@@ -35,23 +35,30 @@ BASELINE = {
     "message_expiry": 10800,
     "request_limit": 300,
     "request_window": 5,
+    "list_request_limit": 20,
+    "list_request_window": 60,
     "fail_5xx": 0,
     "fail_429": 0,
     "slow": 0,
     "slow_seconds": 1,
     "drop_before": 0,
     "drop_after": 0,
+    "fail_after_accept": 0,
     "fault_seed": None,
     "share_undelivered": 0,
     "share_failed": 0,
+    "share_stays_sent": 0,
     "outcomes": {},
     "oversize_media": [],
     "delivery_delay": 0.05,
     "share_duplicate_callbacks": 0,
     "share_out_of_order": 0,
+    "share_no_final_report": 0,
+    "share_no_callbacks": 0,
     "callback_retries": 3,
     "callback_retry_delay": 0.05,
     "callback_timeout": 2,
+    "message_time_offset": 0,
     "inbound_url": None,
 }
 
@@ -260,7 +267,7 @@ def test_callbacks_arrive_signed_in_order_queued_sent_delivered(client, base_url
         assert set(final) >= {"MCC", "MNC", "MessageTime", "QueuedTime", "PowerpackUUID"}
         assert message(base_url, message_uuid)["status"] == "delivered"
     assert {callbacks[0]["To"] for callbacks in grouped.values()} == {"14155550001", "14155550002"}
-    assert stats(base_url)["callbacks"] == {"sent": 6, "failed": 0, "pending": 0}
+    assert stats(base_url)["callbacks"] == {"sent": 6, "failed": 0, "pending": 0, "withheld": 0}
 
 
 def test_configured_outcomes_decide_each_numbers_fate(client, base_url, receiver):
@@ -286,7 +293,7 @@ def test_configured_outcomes_decide_each_numbers_fate(client, base_url, receiver
     assert failed[-1]["ErrorCode"] == "450"
     assert failed[-1]["SentTime"] == ""
     assert statuses(delivered)[-1] == ("delivered", "3")
-    assert stats(base_url)["outcomes"] == {"delivered": 1, "undelivered": 1, "failed": 1}
+    assert stats(base_url)["outcomes"] == {"delivered": 1, "undelivered": 1, "failed": 1, "sent": 0}
     records = [message(base_url, uuid) for uuid in response.message_uuid]
     assert [(r["status"], r["error_code"]) for r in records] == [
         ("undelivered", 30),
@@ -327,7 +334,7 @@ def test_callbacks_are_retried_while_the_receiver_fails(client, base_url, receiv
         ("sent", 200),
         ("delivered", 200),
     ]
-    assert stats(base_url)["callbacks"] == {"sent": 3, "failed": 0, "pending": 0}
+    assert stats(base_url)["callbacks"] == {"sent": 3, "failed": 0, "pending": 0, "withheld": 0}
 
 
 def test_callbacks_to_a_dead_receiver_fail_after_bounded_retries(client, base_url):
@@ -337,7 +344,7 @@ def test_callbacks_to_a_dead_receiver_fail_after_bounded_retries(client, base_ur
     client.messages.create(src=SRC, dst="14155550001", text="hi", url="http://127.0.0.1:9/x")
 
     wait_until(lambda: stats(base_url)["callbacks"]["pending"] == 0)
-    assert stats(base_url)["callbacks"] == {"sent": 0, "failed": 3, "pending": 0}
+    assert stats(base_url)["callbacks"] == {"sent": 0, "failed": 3, "pending": 0, "withheld": 0}
 
 
 def test_it_can_duplicate_callbacks_and_report_before_sent(client, base_url, receiver):
@@ -369,7 +376,7 @@ def test_a_large_broadcast_gets_its_callbacks_from_a_small_pool(client, base_url
 
     receiver.wait_for(1500, timeout=60)
     wait_until(lambda: stats(base_url)["callbacks"]["pending"] == 0)
-    assert stats(base_url)["callbacks"] == {"sent": 1500, "failed": 0, "pending": 0}
+    assert stats(base_url)["callbacks"] == {"sent": 1500, "failed": 0, "pending": 0, "withheld": 0}
     grouped = by_message(receiver.received)
     assert len(grouped) == 500
     assert all(statuses(callbacks)[-1] == ("delivered", "3") for callbacks in grouped.values())
@@ -392,7 +399,7 @@ def test_messages_beyond_their_expiry_in_the_queue_fail_with_420(client, base_ur
     assert counters["expired"] == 2
     assert counters["messages"] == 5
     assert len(counters["sends"]) == 5  # expired messages were still accepted
-    assert counters["outcomes"] == {"delivered": 3, "undelivered": 0, "failed": 2}
+    assert counters["outcomes"] == {"delivered": 3, "undelivered": 0, "failed": 2, "sent": 0}
     grouped = by_message(receiver.wait_for(3 * 3 + 2 * 2))
     for message_uuid in response.message_uuid[3:]:
         assert statuses(grouped[message_uuid]) == [("queued", "1"), ("failed", "2")]
@@ -506,6 +513,7 @@ def test_the_request_window_slides(base_url):
         ("drop_before", requests.ConnectionError, 0),
         ("drop_after", requests.ConnectionError, 1),
         ("slow", requests.ReadTimeout, 1),
+        ("fail_after_accept", (PlivoServerError, PlivoRestError), 1),
     ],
 )
 def test_each_fault_reaches_the_sdk_as_the_right_error(
@@ -523,7 +531,8 @@ def test_each_fault_reaches_the_sdk_as_the_right_error(
     assert counters["faults"][kind] == 1
     assert sum(counters["faults"].values()) == 1
     assert counters["requests"] == 1
-    # slow and drop_after: Plivo processed the request whose answer the client never read.
+    # slow, drop_after and fail_after_accept: Plivo processed the request whose answer the
+    # client never read.
     assert counters["messages"] == recorded
     assert counters["sends"] == ({"14155550001": 1} if recorded else {})
 
@@ -665,7 +674,7 @@ def test_reset_clears_queues_pending_callbacks_and_the_request_log(client, base_
     requests.post(f"{base_url}/stats/reset", timeout=5).raise_for_status()
 
     counters = stats(base_url)
-    assert counters["callbacks"] == {"sent": 0, "failed": 0, "pending": 0}
+    assert counters["callbacks"] == {"sent": 0, "failed": 0, "pending": 0, "withheld": 0}
     assert (counters["queue_depth"], counters["max_queue_depth"]) == ({}, {})
     assert requests.get(f"{base_url}/stats/requests", timeout=5).json() == []
     # The queue is empty again: the next message goes out at once.
