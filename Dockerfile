@@ -6,6 +6,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# Metrics of every process (granian's, Celery's pool) in files that the API's /metrics adds
+# up; every log line JSON: granian's own lines too, and no Celery start-up banner.
+ENV PROMETHEUS_MULTIPROC_DIR=/app/var/prometheus \
+    GRANIAN_LOG_CONFIG=/app/ops/granian-logging.json \
+    CELERY_QUIET=1
 
 WORKDIR /app
 
@@ -20,8 +25,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY . .
 RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 --user-group bulksms \
-    && mkdir -p /app/var \
-    && chown bulksms:bulksms /app/var
+    && mkdir -p /app/var/prometheus \
+    && chown -R bulksms:bulksms /app/var
 
 # Not root: a compromised worker cannot modify the installed code.
 USER bulksms

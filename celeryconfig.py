@@ -3,6 +3,13 @@
 from kombu import Queue
 
 from shared.config import get_settings
+from shared.taskqueue import (
+    MAINTENANCE_QUEUE,
+    RESOLVE_UNKNOWN,
+    RESOLVE_UNKNOWN_EVERY,
+    SWEEP_REPORTS,
+    SWEEP_REPORTS_EVERY,
+)
 
 _settings = get_settings()
 
@@ -34,6 +41,8 @@ task_routes = {
     "reconcile": {"queue": "maintenance"},
     "apply_status_events": {"queue": "webhooks"},
     "notify_completion": {"queue": "webhooks"},
+    SWEEP_REPORTS: {"queue": MAINTENANCE_QUEUE},
+    RESOLVE_UNKNOWN: {"queue": MAINTENANCE_QUEUE},
 }
 
 beat_schedule = {
@@ -49,12 +58,27 @@ beat_schedule = {
         "schedule": 1.0,
         "options": {"queue": "webhooks", "expires": 2.0},
     },
+    # Recipients with no final report REPORT_TIMEOUT after submission: Message Get.
+    SWEEP_REPORTS: {
+        "task": SWEEP_REPORTS,
+        "schedule": SWEEP_REPORTS_EVERY,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": SWEEP_REPORTS_EVERY},
+    },
+    # `unknown` batches, looked up in Plivo's message list (20 requests a minute).
+    RESOLVE_UNKNOWN: {
+        "task": RESOLVE_UNKNOWN,
+        "schedule": RESOLVE_UNKNOWN_EVERY,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": RESOLVE_UNKNOWN_EVERY * 2},
+    },
 }
 
 # Flower shows tasks from events.
 worker_send_task_events = True
 task_send_sent_event = True
-worker_hijack_root_logger = True
+
+# No worker_hijack_root_logger: shared/taskqueue.py answers Celery's setup_logging signal, so
+# Celery leaves logging to shared/logs.py (JSON lines) and never installs its own format.
+
 # Celery 6 will cancel running tasks on a broker connection loss; ours are acks_late and
 # idempotent, so a redelivery is harmless, but a cancelled Plivo call would be `unknown`.
 worker_cancel_long_running_tasks_on_connection_loss = False

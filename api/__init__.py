@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask
 
+from api.headers import add_security_headers
 from api.status_intake import StatusIntake
 from shared.config import Settings, get_settings
 from shared.logs import configure
@@ -14,7 +15,7 @@ from shared.logs import configure
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app for `settings` (default: from the environment and `.env`)."""
     settings = settings or get_settings()
-    configure(settings.log_level)
+    configure(settings.log_level, settings)
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     # Werkzeug answers 413 itself once a body passes this size, before we parse it.
@@ -23,20 +24,30 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from api import (
         actions,
+        audit,
+        auth,
         broadcasts,
+        delivery_reports,
         errors,
         health,
+        keys,
         limits,
+        metrics,
         mms,
         openapi,
         opt_outs,
         recipients,
+        request_ids,
         webhooks,
     )
 
     # Delivery reports skip Flask (thousands a second); see api/status_intake.py.
     app.wsgi_app = StatusIntake(app.wsgi_app, settings)
     errors.init_app(app)
+    app.after_request(add_security_headers)
+    # Every /v1 route: the key and its scopes, the request limits, then the audit trail.
+    auth.init_app(app)
+    audit.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(broadcasts.bp)
     app.register_blueprint(recipients.bp)
@@ -46,6 +57,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(limits.bp)
     app.register_blueprint(opt_outs.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(delivery_reports.bp)
+    app.register_blueprint(keys.bp)
+    # Outermost, around the delivery-report fast path too: /metrics and request timing,
+    # then the request id every log line of the request carries.
+    metrics.init_app(app)
+    request_ids.init_app(app)
 
     if settings.sandbox_mode:
         logging.getLogger("api").warning(

@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import get_args
+from uuid import UUID
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
+from pydantic import BaseModel, Field
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.auth import require_api_key
+from api.auth import sees_all
+from api.broadcast_body import Broadcast as BroadcastBody
+from api.broadcast_body import BroadcastBrief, BroadcastStatusName, brief, full, is_current
 from api.errors import ApiError, int_param
-from api.intake import parse_request, plan_broadcast, write_broadcast
+from api.intake import (
+    BroadcastRequest,
+    parse_request,
+    plan_broadcast,
+    request_fingerprint,
+    write_broadcast,
+)
+from api.openapi import Query, describe, text_param, time_param
 from shared.db import session_scope
-from shared.limits import effective_mps
 from shared.logs import log_event
 from shared.models import Batch, Broadcast, BroadcastStatus
-from shared.progress import eta_seconds, iso, progress, recent_rate, summarize
 from shared.taskqueue import EnqueueError, enqueue_batches
 
 bp = Blueprint("broadcasts", __name__, url_prefix="/v1/broadcasts")
-bp.before_request(require_api_key)
 log = logging.getLogger(__name__)
 
 BROKER_DOWN_WARNING = (
@@ -48,6 +55,17 @@ def _read_json() -> object:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {error}") from None
+
+
+class IdempotencyHeaders(Query):
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Sending the same body again with the same key answers the first 202 "
+        "again and creates nothing; another body with the same key is a 409",
+    )
 
 
 def _idempotency_key() -> str | None:
@@ -80,12 +98,71 @@ def _replay(session: Session, key: str, request_hash: str):
             "Idempotency-Key: already used for a different request body",
             {"broadcast_id": str(existing.id)},
         )
+    if not is_current(existing.intake_response):
+        # Stored by an older version in another shape: clients parse only this one, so the
+        # broadcast is answered as it is now rather than as it was then.
+        return _accepted(full(session, existing, _settings()))
     return _accepted(existing.intake_response)
 
 
+# The answer to a new broadcast, whatever its kind (sms here, mms in api/mms.py).
+ACCEPTED = {202: BroadcastBody}
+ACCEPTED_ERRORS = (400, 409, 413, 415)
+LOCATION = {
+    "responses": {
+        "202": {
+            "headers": {
+                "Location": {
+                    "required": True,
+                    "description": "The broadcast: GET it to watch its progress",
+                    "schema": {"type": "string"},
+                }
+            },
+            "links": {
+                "GetBroadcast": {
+                    "operationId": "broadcasts_get_broadcast",
+                    "parameters": {"broadcast_id": "$response.body#/id"},
+                },
+                "ListRecipients": {
+                    "operationId": "recipients_list_recipients",
+                    "parameters": {"broadcast_id": "$response.body#/id"},
+                },
+                "PauseBroadcast": {
+                    "operationId": "actions_pause",
+                    "parameters": {"broadcast_id": "$response.body#/id"},
+                },
+                "ResumeBroadcast": {
+                    "operationId": "actions_resume",
+                    "parameters": {"broadcast_id": "$response.body#/id"},
+                },
+                "RetryBroadcast": {
+                    "operationId": "actions_retry",
+                    "parameters": {"broadcast_id": "$response.body#/id"},
+                },
+                "CancelBroadcast": {
+                    "operationId": "actions_cancel",
+                    "parameters": {"broadcast_id": "$response.body#/id"},
+                },
+            },
+        }
+    }
+}
+
+
 @bp.post("")
+@describe(
+    "broadcasts",
+    ACCEPTED,
+    ACCEPTED_ERRORS,
+    body=BroadcastRequest,
+    headers=IdempotencyHeaders,
+    extra=LOCATION,
+)
 def create_broadcast():
-    """Validate, persist in one transaction, then enqueue one task per batch."""
+    """Send one text to many recipients (202: saved, and sending starts)
+
+    Every number is checked before anything is written: a bad request writes nothing. The
+    202 body is the broadcast as GET /v1/broadcasts/{broadcast_id} shows it."""
     return accept(parse_request, plan_broadcast)
 
 
@@ -96,7 +173,7 @@ def accept(parse, plan):
     settings = _settings()
     key = _idempotency_key()
     payload = _read_json()
-    request_hash = hashlib.sha256(request.get_data(cache=True)).hexdigest()
+    request_hash = request_fingerprint(payload)
     url = settings.database_url
     if key:
         with session_scope(url) as session:
@@ -106,7 +183,7 @@ def accept(parse, plan):
     parsed = parse(payload, settings)
     try:
         with session_scope(url) as session:
-            broadcast_id, batch_ids, body = write_broadcast(
+            broadcast_id, batch_ids = write_broadcast(
                 session,
                 plan(session, parsed, settings),
                 settings,
@@ -114,6 +191,11 @@ def accept(parse, plan):
                 key,
                 request_hash,
             )
+            # Read back in the same transaction: the 202 is what GET answers, and what a
+            # replay of this request answers again.
+            broadcast = session.get(Broadcast, broadcast_id)
+            body = full(session, broadcast, settings)
+            broadcast.intake_response = body
     except IntegrityError:
         # Two identical requests raced on one Idempotency-Key: the other one won.
         if not key:
@@ -161,91 +243,95 @@ def parse_id(broadcast_id: str) -> uuid.UUID:
 
 def load(session: Session, broadcast_id: str) -> Broadcast:
     broadcast = session.get(Broadcast, parse_id(broadcast_id))
-    if broadcast is None:
+    if broadcast is None or not (sees_all() or broadcast.api_key_id == g.api_key_id):
         raise ApiError(404, "not_found", f"no broadcast {broadcast_id!r}")
     return broadcast
 
 
 @bp.get("/<broadcast_id>")
+@describe("broadcasts", {200: BroadcastBody}, (404,))
 def get_broadcast(broadcast_id: str):
-    """Status, counts by recipient status and error code, batches, progress, rate, ETA."""
+    """One broadcast: counts by status and error code, progress, rate, ETA
+
+    Also what it is waiting for: its sender's pacing, or delivery reports."""
     settings = _settings()
     with session_scope(settings.database_url) as session:
-        broadcast = load(session, broadcast_id)
-        body = summarize(session, broadcast)
-        rate = recent_rate(session, broadcast)
-    body["progress"] = progress(body, settings.status_callback_url is not None)
-    body["rate"] = {"messages_per_second": rate, "window_seconds": 60}
-    pending = body["recipients"]["by_status"].get("pending", 0)
-    mps = effective_mps(settings, broadcast.kind, broadcast.sender)
-    sending = body["status"] in (BroadcastStatus.QUEUED, BroadcastStatus.SENDING)
-    body["eta_seconds"] = eta_seconds(pending, mps, rate) if sending else None
-    body["scheduled_at"] = iso(broadcast.scheduled_at)
-    return jsonify(body)
+        return jsonify(full(session, load(session, broadcast_id), settings))
 
 
 LIST_MAX = 200
+STATUSES = get_args(BroadcastStatusName)
+_STATUS = "|".join(STATUSES)
 
 
-def _cursor(broadcast: Broadcast) -> str:
-    raw = f"{iso(broadcast.created_at)}|{broadcast.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+class BroadcastQuery(Query):
+    status: str | None = Field(
+        default=None,
+        pattern=f"^({_STATUS})(,({_STATUS}))*$",
+        description="Only broadcasts in these statuses, comma-separated",
+    )
+    created_after: datetime | None = Field(default=None, description="Created at or after")
+    created_before: datetime | None = Field(default=None, description="Created before")
+    limit: int = Field(default=50, ge=1, le=LIST_MAX, description="Broadcasts per page")
+    cursor: UUID | None = Field(default=None, description="`next_cursor` of the page before")
 
 
-def _after_cursor(cursor: str):
+class BroadcastPage(BaseModel):
+    items: list[BroadcastBrief] = Field(description="Newest first")
+    next_cursor: str | None = Field(description="For the next page; null on the last one")
+
+
+def statuses_param(allowed: tuple[str, ...]) -> list[str] | None:
+    """`?status=a,b` as a list, each one checked against `allowed`."""
+    names = "|".join(allowed)
+    raw = text_param(
+        "status", f"({names})(,({names}))*", f"one or more of {', '.join(allowed)}, comma-separated"
+    )
+    return None if raw is None else raw.split(",")
+
+
+def _after_cursor():
+    """Broadcasts after the cursor's (older, or as old with a smaller id). The cursor is
+    the last broadcast of the page before; one that matches no broadcast ends the list."""
+    raw = request.args.get("cursor")
+    if raw is None:
+        return None
     try:
-        created, _, bid = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        created_at, broadcast_id = datetime.fromisoformat(created), uuid.UUID(bid)
-    except (ValueError, UnicodeDecodeError):
+        broadcast_id = uuid.UUID(raw)
+    except ValueError:
         raise ApiError(400, "invalid_request", "cursor: not a cursor this API gave out") from None
+    created = select(Broadcast.created_at).where(Broadcast.id == broadcast_id).scalar_subquery()
     return or_(
-        Broadcast.created_at < created_at,
-        and_(Broadcast.created_at == created_at, Broadcast.id < broadcast_id),
+        Broadcast.created_at < created,
+        and_(Broadcast.created_at == created, Broadcast.id < broadcast_id),
     )
 
 
-def _time_arg(name: str) -> datetime | None:
-    value = request.args.get(name)
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError(400, "invalid_request", f"{name}: must be an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @bp.get("")
+@describe("broadcasts", {200: BroadcastPage}, (400,), query=BroadcastQuery)
 def list_broadcasts():
-    """Newest first, filtered by status and creation time, in keyset pages."""
+    """Broadcasts, newest first, filtered by status and creation time
+
+    Each item is a broadcast without the parts that cost a query each (recipients,
+    batches, errors, progress): GET one broadcast for those."""
     limit = int_param("limit", 50, 1, LIST_MAX)
     query = select(Broadcast)
-    if request.args.get("status"):
-        query = query.where(Broadcast.status.in_(request.args["status"].split(",")))
-    if (after := _time_arg("created_after")) is not None:
+    if not sees_all():
+        query = query.where(Broadcast.api_key_id == g.api_key_id)
+    if (statuses := statuses_param(STATUSES)) is not None:
+        query = query.where(Broadcast.status.in_(statuses))
+    if (after := time_param("created_after")) is not None:
         query = query.where(Broadcast.created_at >= after)
-    if (before := _time_arg("created_before")) is not None:
+    if (before := time_param("created_before")) is not None:
         query = query.where(Broadcast.created_at < before)
-    if request.args.get("cursor"):
-        query = query.where(_after_cursor(request.args["cursor"]))
+    if (after_cursor := _after_cursor()) is not None:
+        query = query.where(after_cursor)
     query = query.order_by(Broadcast.created_at.desc(), Broadcast.id.desc()).limit(limit)
     with session_scope(_settings().database_url) as session:
         rows = list(session.scalars(query))
     return jsonify(
         {
-            "broadcasts": [
-                {
-                    "id": str(row.id),
-                    "kind": row.kind,
-                    "status": row.status,
-                    "sender": row.sender,
-                    "counts": row.counts,
-                    "created_at": iso(row.created_at),
-                    "scheduled_at": iso(row.scheduled_at),
-                    "finished_at": iso(row.finished_at),
-                }
-                for row in rows
-            ],
-            "next_cursor": _cursor(rows[-1]) if len(rows) == limit else None,
+            "items": [brief(row) for row in rows],
+            "next_cursor": str(rows[-1].id) if len(rows) == limit else None,
         }
     )

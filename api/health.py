@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import redis
 from flask import Blueprint, current_app, jsonify
+from pydantic import BaseModel, Field
 
+from api.openapi import describe
 from shared.db import ping
 
 bp = Blueprint("health", __name__)
@@ -12,13 +16,28 @@ bp = Blueprint("health", __name__)
 SANDBOX_NOTICE = "SANDBOX MODE: no Plivo credentials configured; messages go to the local sandbox"
 
 
+class Alive(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description='"ok", or "unavailable: <reason>"')
+    sandbox_mode: bool
+    notice: str | None = Field(default=None, description="In sandbox mode: where messages go")
+
+
 @bp.get("/healthz")
+@describe("health", {200: Alive})
 def healthz():
+    """The process answers"""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@describe("health", {200: Readiness, 503: Readiness})
 def readyz():
+    """The database and Redis answer too (503 when one does not)"""
     settings = current_app.config["SETTINGS"]
     checks = {}
     try:

@@ -3,13 +3,15 @@ transaction with bulk inserts, so a bad request writes nothing and a good one is
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import insert, select
@@ -34,23 +36,50 @@ from shared.urls import UnsafeUrl, check_url
 
 INVALID_SHOWN = 20
 NULL = "\\N"  # COPY text format
-REJECTED_REASON = "MMS reaches only the US and Canada"
+REJECTED_REASON = "MMS can only be sent to US and Canadian numbers"
 _E164_SENDER = re.compile(r"\+[1-9]\d{6,14}")
 _ALPHANUMERIC_SENDER = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 
 
-class BroadcastRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# `high` (alerts, one-time codes) books its sender's pacing slots before `normal` broadcasts
+# waiting on the same sender.
+Priority = Literal["normal", "high"]
 
-    recipients: list[Any] = Field(min_length=1)
-    text: str
-    sender: str | None = None
-    # Accept the valid numbers and count the rest, instead of refusing the whole request.
-    skip_invalid: bool = False
-    # Where to POST a signed notice once the broadcast is final.
-    callback_url: str | None = None
-    # ISO 8601 with a zone; the broadcast waits, `scheduled`, until then.
-    send_at: datetime | None = None
+
+class BroadcastRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        # What /docs fills in to try it, and what Schemathesis sends first.
+        json_schema_extra={
+            "examples": [
+                {"recipients": ["+14155550101", "+14155550102"], "text": "Hello from bulksms"}
+            ]
+        },
+    )
+
+    recipients: list[Any] = Field(
+        min_length=1,
+        description="Phone numbers: E.164, or as people type them with DEFAULT_REGION; "
+        "duplicates are sent once, opted-out numbers skipped",
+    )
+    text: str = Field(description="GSM-7 up to 1600 characters, or UCS-2 up to 737")
+    sender: str | None = Field(
+        default=None, description="E.164 or 1-11 letters and digits; default PLIVO_SENDER"
+    )
+    skip_invalid: bool = Field(
+        default=False,
+        strict=True,  # true or false, not 0 or "yes"
+        description="Send to the valid numbers and count the rest, instead of a 400",
+    )
+    callback_url: str | None = Field(
+        default=None, description="Where to POST a signed notice once the broadcast is final"
+    )
+    send_at: datetime | None = Field(
+        default=None, description="ISO 8601 with a zone; it waits, `scheduled`, until then"
+    )
+    priority: Priority = Field(
+        default="normal", description="high books its sender's pacing before normal"
+    )
 
 
 @dataclass
@@ -72,6 +101,7 @@ class Plan:
     # Valid numbers this kind cannot reach (MMS outside the US and Canada), kept as
     # `rejected` when the client asked to skip them.
     rejected: list[str] = field(default_factory=list)
+    priority: str = "normal"
 
 
 def parse_request(payload: Any, settings: Settings, model: type[BaseModel] = BroadcastRequest):
@@ -91,6 +121,14 @@ def parse_request(payload: Any, settings: Settings, model: type[BaseModel] = Bro
         return model.model_validate(payload)
     except ValidationError as error:
         raise field_errors(error) from None
+
+
+def request_fingerprint(payload: Any) -> str:
+    """What an Idempotency-Key is bound to: SHA-256 of the body as canonical JSON (sorted
+    keys, no whitespace), so the same request re-serialised by another client is a replay,
+    not a conflict."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check_sender(sender: str | None, settings: Settings) -> str:
@@ -198,11 +236,20 @@ def plan_audience(
                 unreachable.append({"index": index, "value": values[index], "reason": why})
     problems = sorted(invalid + unreachable, key=lambda item: item["index"])
     if problems and not skip_invalid:
+        # Each rule broken, in its own words: a UK number sent by MMS is a fine E.164
+        # number, and being told to send E.164 would not help.
+        rules = []
+        if invalid:
+            rules.append(
+                f"{len(invalid)} invalid phone number(s) (each must be a possible number, "
+                "in E.164 such as +14155550100, and not the sender's)"
+            )
+        if unreachable:
+            rules.append(f"{len(unreachable)} number(s) this cannot reach: {why}")
         raise ApiError(
             400,
             "invalid_recipients",
-            f"recipients: {len(problems)} invalid phone number(s); "
-            "send E.164 numbers such as +14155550100 (or set skip_invalid)",
+            f"recipients: {'; '.join(rules)}; or set skip_invalid to send to the rest",
             {"invalid": problems[:INVALID_SHOWN], "invalid_total": len(problems)},
         )
     invalid.sort(key=lambda item: item["index"])
@@ -229,28 +276,19 @@ def plan_broadcast(session: Session, request: BroadcastRequest, settings: Settin
         segments=segments,
         callback_url=callback_url,
         send_at=send_at,
+        priority=request.priority,
         **vars(audience),  # shallow: asdict would copy 100k numbers one by one
     )
 
 
-def response_body(broadcast_id: uuid.UUID, plan: Plan, batch_count: int, status: str) -> dict:
+def intake_counts(plan: Plan) -> dict[str, int]:
+    """What became of the numbers in the request (the broadcast's `counts`)."""
     return {
-        "id": str(broadcast_id),
-        "kind": plan.kind,
-        "status": status,
-        "sender": plan.sender,
-        "counts": {
-            "accepted": len(plan.to_send),
-            "invalid": len(plan.invalid),
-            "duplicates": plan.duplicates,
-            "skipped": len(plan.skipped),
-            "rejected": len(plan.rejected),
-        },
-        "batches": batch_count,
-        "encoding": plan.encoding,
-        "segments": {"per_message": plan.segments, "total": plan.segments * len(plan.to_send)},
-        "invalid": plan.invalid[:INVALID_SHOWN],
-        "send_at": plan.send_at.isoformat() if plan.send_at else None,
+        "accepted": len(plan.to_send),
+        "invalid": len(plan.invalid),
+        "duplicates": plan.duplicates,
+        "skipped": len(plan.skipped),
+        "rejected": len(plan.rejected),
     }
 
 
@@ -261,9 +299,10 @@ def write_broadcast(
     api_key_id: str,
     idempotency_key: str | None,
     request_hash: str | None,
-) -> tuple[uuid.UUID, list[int], dict]:
-    """Broadcast, batches and recipients in the caller's transaction; returns the batch ids
-    to enqueue after commit and the 202 body."""
+) -> tuple[uuid.UUID, list[int]]:
+    """Broadcast, batches and recipients in the caller's transaction; returns its id and
+    the batch ids to enqueue after commit. The 202 body is the broadcast as read back in the
+    same transaction (api/broadcast_body.py), so it is the body GET answers."""
     broadcast_id = uuid.uuid4()
     size = settings.batch_size_for(plan.kind)
     batch_count = math.ceil(len(plan.to_send) / size)
@@ -273,7 +312,6 @@ def write_broadcast(
         status = BroadcastStatus.SCHEDULED
     else:
         status = BroadcastStatus.QUEUED
-    body = response_body(broadcast_id, plan, batch_count, status)
     now = utcnow()
     session.execute(
         insert(Broadcast).values(
@@ -285,13 +323,15 @@ def write_broadcast(
             encoding=plan.encoding,
             segments=plan.segments,
             status=status,
-            counts=body["counts"],
+            counts=intake_counts(plan),
             api_key_id=api_key_id,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
-            intake_response=body,
+            # Until the 202 body replaces it: the invalid numbers, which only intake knows.
+            intake_response={"invalid": plan.invalid[:INVALID_SHOWN]},
             callback_url=plan.callback_url,
             scheduled_at=plan.send_at,
+            priority=plan.priority,
             created_at=now,
             updated_at=now,
             finished_at=None if batch_count else now,
@@ -329,7 +369,7 @@ def write_broadcast(
     rows += [(None, phone, RecipientStatus.SKIPPED, "opted out") for phone in plan.skipped]
     rows += [(None, phone, RecipientStatus.REJECTED, REJECTED_REASON) for phone in plan.rejected]
     _insert_recipients(session, broadcast_id, rows)
-    return broadcast_id, batch_ids, body
+    return broadcast_id, batch_ids
 
 
 def _insert_recipients(session: Session, broadcast_id: uuid.UUID, rows: list[tuple]) -> None:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from urllib.parse import urljoin
 
-import requests
-
 from shared.media import ALLOWED_TYPES, MAX_BYTES_EACH, MAX_BYTES_TOTAL, base_type
-from shared.urls import UnsafeUrl, check_resolved, check_url
+from shared.safe_http import Answer, Unreachable, UnsafeUrl, request
 
 TIMEOUT = (2.0, 3.0)  # connect, read
 MAX_REDIRECTS = 3
@@ -19,36 +17,26 @@ class MediaProblem(ValueError):
     """A media URL breaks a rule; the message names the URL and the rule."""
 
 
-def _probe(url: str, allow_internal: bool, allow_http: bool) -> requests.Response:
-    """HEAD (falling back to a one-byte ranged GET), following a few redirects by hand so
-    every hop is checked against internal addresses."""
+def _probe(url: str, allow_internal: bool, allow_http: bool) -> Answer:
+    """HEAD (falling back to a one-byte ranged GET), following a few redirects by hand:
+    each hop is a new request, so its URL and addresses are checked like the first."""
+    rules = {"allow_http": allow_http, "allow_internal": allow_internal, "timeout": TIMEOUT}
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            check_url(url, allow_http=allow_http, allow_internal=allow_internal)
-            check_resolved(url, allow_internal=allow_internal)
+            answer = request("HEAD", url, **rules)
+            if answer.status in (405, 501):
+                answer = request("GET", url, headers={"Range": "bytes=0-0"}, **rules)
         except UnsafeUrl as error:
             raise MediaProblem(f"{url}: {error}") from None
-        try:
-            response = requests.head(url, timeout=TIMEOUT, allow_redirects=False)
-            if response.status_code in (405, 501):
-                response = requests.get(
-                    url,
-                    headers={"Range": "bytes=0-0"},
-                    timeout=TIMEOUT,
-                    allow_redirects=False,
-                    stream=True,
-                )
-                response.close()
-        except requests.RequestException as error:
-            raise MediaProblem(f"{url}: not reachable ({type(error).__name__})") from None
-        if response.is_redirect and "Location" in response.headers:
-            url = urljoin(url, response.headers["Location"])
-            continue
-        return response
+        except Unreachable as error:
+            raise MediaProblem(f"{url}: not reachable ({error})") from None
+        if answer.redirect_to is None:
+            return answer
+        url = urljoin(url, answer.redirect_to)
     raise MediaProblem(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
-def _size(response: requests.Response) -> int | None:
+def _size(response: Answer) -> int | None:
     content_range = response.headers.get("Content-Range", "")
     if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
         return int(content_range.rsplit("/", 1)[1])
@@ -61,8 +49,8 @@ def check_media(urls: list[str], *, allow_internal: bool, allow_http: bool) -> N
     total = 0
     for url in urls:
         response = _probe(url, allow_internal, allow_http)
-        if not 200 <= response.status_code < 300:
-            raise MediaProblem(f"{url}: answered HTTP {response.status_code}")
+        if not 200 <= response.status < 300:
+            raise MediaProblem(f"{url}: answered HTTP {response.status}")
         content_type = base_type(response.headers.get("Content-Type"))
         if content_type not in ALLOWED_TYPES:
             raise MediaProblem(

@@ -10,12 +10,12 @@ from flask import Blueprint, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
-from api.auth import require_api_key
-from api.broadcasts import accept
+from api.broadcasts import ACCEPTED, ACCEPTED_ERRORS, LOCATION, IdempotencyHeaders, accept
 from api.errors import ApiError
 from api.intake import (
     REJECTED_REASON,
     Plan,
+    Priority,
     check_callback_url,
     check_send_at,
     check_sender,
@@ -23,29 +23,39 @@ from api.intake import (
     plan_audience,
 )
 from api.media_check import MediaProblem, check_media
+from api.openapi import describe
 from shared.config import Settings
 from shared.media import EXTENSIONS, MAX_BYTES_EACH, MAX_MEDIA, base_type
 from shared.plivo_client import PlivoError, client_for
 from shared.urls import UnsafeUrl, check_url
 
 bp = Blueprint("mms", __name__)
-bp.before_request(require_api_key)
 
 MMS_TEXT_MAX = 1600
 
 
 class MmsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"recipients": ["+14155550101"], "media_ids": ["your-media-id"]}]
+        },
+    )
 
-    recipients: list[Any] | None = Field(default=None, min_length=1)
-    recipient: Any = None
-    text: str | None = None
-    media_urls: list[str] = Field(default_factory=list)
-    media_ids: list[str] = Field(default_factory=list)
+    recipients: list[Any] | None = Field(
+        default=None, min_length=1, description="US and Canadian numbers (or `recipient`)"
+    )
+    recipient: Any = Field(default=None, description="One number (or `recipients`)")
+    text: str | None = Field(default=None, description=f"Up to {MMS_TEXT_MAX} characters")
+    media_urls: list[str] = Field(
+        default_factory=list, description="Public https URLs; 1-10 with media_ids, 2 MB each"
+    )
+    media_ids: list[str] = Field(default_factory=list, description="From POST /v1/media")
     sender: str | None = None
-    skip_invalid: bool = False
+    skip_invalid: bool = Field(default=False, strict=True)  # true or false, not 0 or "yes"
     callback_url: str | None = None
     send_at: datetime | None = None
+    priority: Priority = "normal"
 
     @model_validator(mode="after")
     def _one_audience(self) -> MmsRequest:
@@ -123,20 +133,45 @@ def plan_mms(session: Session, mms: MmsRequest, settings: Settings) -> Plan:
         send_at=send_at,
         kind="mms",
         media=media,
+        priority=mms.priority,
         **vars(audience),  # shallow: asdict would copy 100k numbers one by one
     )
 
 
 @bp.post("/v1/mms")
+@describe(
+    "mms",
+    ACCEPTED,
+    ACCEPTED_ERRORS,
+    body=MmsRequest,
+    headers=IdempotencyHeaders,
+    extra=LOCATION,
+)
 def create_mms():
-    """202 with the broadcast (kind `mms`); paced at the MMS rate, on its own queue."""
+    """Send a picture message to one or many US and Canadian numbers (202)
+
+    The body is a broadcast of kind `mms`, as for SMS; it is paced at the MMS rate, on its
+    own queue. Give exactly one of `recipients` and `recipient`."""
     return accept(parse_mms, plan_mms)
 
 
+class MediaUpload(BaseModel):
+    file: bytes = Field(description="An image, video or audio file Plivo sends, up to 2 MB")
+
+
+class UploadedMedia(BaseModel):
+    media_id: str = Field(description="For `media_ids` of POST /v1/mms")
+    media_url: str | None
+    content_type: str | None
+    size: int | None
+
+
 @bp.post("/v1/media")
+@describe("mms", {201: UploadedMedia}, (400, 413, 502), form=MediaUpload)
 def upload_media():
-    """Upload a file (multipart field `file`) to Plivo's media store; returns its media_id
-    for `media_ids`, so media that is not public can be sent."""
+    """Upload a media file to Plivo's media store (multipart field `file`)
+
+    Its media_id goes in `media_ids`, so media that is not public can be sent."""
     upload = request.files.get("file")
     if upload is None:
         raise ApiError(400, "invalid_request", "file: send the media as multipart field 'file'")

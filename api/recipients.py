@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime
+from typing import Literal, get_args
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from api.auth import require_api_key
-from api.broadcasts import load, parse_id
+from api.broadcasts import load, parse_id, statuses_param
+from api.csv_cells import phone_cell, text_cell
 from api.errors import int_param
+from api.openapi import CSV, ID_CURSOR, Query, describe, id_cursor, text_param
 from shared.db import session_scope
-from shared.models import Recipient
+from shared.models import Recipient as RecipientRow
 from shared.progress import iso
 
 PAGE_MAX = 1000
@@ -22,23 +26,66 @@ CSV_CHUNK = 5000
 COLUMNS = ["phone", "status", "message_uuid", "error_code", "error_reason", "units", "updated_at"]
 
 bp = Blueprint("recipients", __name__, url_prefix="/v1/broadcasts")
-bp.before_request(require_api_key)
+
+RecipientStatusName = Literal[
+    "pending",
+    "queued",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "rejected",
+    "skipped",
+    "unknown",
+]
+STATUSES = get_args(RecipientStatusName)
+_STATUS = "|".join(STATUSES)
+
+
+class Recipient(BaseModel):
+    phone: str = Field(description="E.164")
+    status: RecipientStatusName
+    message_uuid: str | None = Field(description="Plivo's id of the message")
+    error_code: str | None = Field(description="Plivo's error code")
+    error_reason: str | None
+    units: int | None = Field(description="Segments Plivo billed")
+    updated_at: datetime | None
+
+
+class RecipientPage(BaseModel):
+    items: list[Recipient] = Field(description="In the order they were given")
+    next_cursor: str | None = Field(description="For the next page; null on the last one")
+
+
+class RecipientQuery(Query):
+    status: str | None = Field(
+        default=None,
+        pattern=f"^({_STATUS})(,({_STATUS}))*$",
+        description="Only recipients in these statuses, comma-separated (e.g. failed,unknown)",
+    )
+    limit: int = Field(default=100, ge=1, le=PAGE_MAX, description="Recipients per page")
+    cursor: str | None = Field(
+        default=None, pattern=ID_CURSOR, description="`next_cursor` of the page before"
+    )
+    format: Literal["json", "csv"] | None = Field(
+        default=None, description="csv: every recipient as one streamed CSV (or Accept: text/csv)"
+    )
 
 
 def _query(broadcast_id, statuses: list[str] | None, after: int, limit: int):
     query = select(
-        Recipient.id,
-        Recipient.phone,
-        Recipient.status,
-        Recipient.message_uuid,
-        Recipient.error_code,
-        Recipient.error_reason,
-        Recipient.units,
-        Recipient.updated_at,
-    ).where(Recipient.broadcast_id == broadcast_id, Recipient.id > after)
+        RecipientRow.id,
+        RecipientRow.phone,
+        RecipientRow.status,
+        RecipientRow.message_uuid,
+        RecipientRow.error_code,
+        RecipientRow.error_reason,
+        RecipientRow.units,
+        RecipientRow.updated_at,
+    ).where(RecipientRow.broadcast_id == broadcast_id, RecipientRow.id > after)
     if statuses:
-        query = query.where(Recipient.status.in_(statuses))
-    return query.order_by(Recipient.id).limit(limit)
+        query = query.where(RecipientRow.status.in_(statuses))
+    return query.order_by(RecipientRow.id).limit(limit)
 
 
 def _fetch(broadcast_id, statuses, after: int, limit: int) -> list:
@@ -54,7 +101,10 @@ def _csv(broadcast_id, statuses):
     while True:
         rows = _fetch(broadcast_id, statuses, after, CSV_CHUNK)
         for row in rows:
-            writer.writerow([*row[1:7], iso(row[7]) or ""])
+            phone, status, message_uuid, error_code, error_reason, units = row[1:7]
+            # Plivo's uuid, error code and reason come from outside: quote formula starts.
+            texts = [text_cell(v) for v in (status, message_uuid, error_code, error_reason)]
+            writer.writerow([phone_cell(phone), *texts, units, iso(row[7]) or ""])
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
@@ -64,13 +114,25 @@ def _csv(broadcast_id, statuses):
 
 
 @bp.get("/<broadcast_id>/recipients")
+@describe(
+    "broadcasts",
+    {200: RecipientPage},
+    (400, 404),
+    query=RecipientQuery,
+    extra={"responses": {"200": {"content": {"text/csv": CSV}}}},
+)
 def list_recipients(broadcast_id: str):
-    """Filter with ?status=failed,unknown; page with ?cursor=; `Accept: text/csv` streams."""
+    """A broadcast's recipients: number, status, Plivo's message id and error
+
+    JSON pages, or with `format=csv` (or `Accept: text/csv`) every recipient as one CSV
+    streamed as it is read: phone, status, message_uuid, error_code, error_reason, units,
+    updated_at."""
     bid = parse_id(broadcast_id)
     with session_scope(current_app.config["SETTINGS"].database_url) as session:
         load(session, broadcast_id)
-    statuses = request.args["status"].split(",") if request.args.get("status") else None
-    if request.accept_mimetypes.best == "text/csv" or request.args.get("format") == "csv":
+    statuses = statuses_param(STATUSES)
+    wanted = text_param("format", "json|csv", "must be json or csv")
+    if wanted == "csv" or (wanted is None and request.accept_mimetypes.best == "text/csv"):
         filename = f"broadcast-{bid}-recipients.csv"
         return Response(
             stream_with_context(_csv(bid, statuses)),
@@ -78,13 +140,11 @@ def list_recipients(broadcast_id: str):
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
     limit = int_param("limit", 100, 1, PAGE_MAX)
-    after = int_param("cursor", 0, 0, 2**63 - 1)
+    after = id_cursor() or 0
     rows = _fetch(bid, statuses, after, limit)
     return jsonify(
         {
-            "recipients": [
-                dict(zip(COLUMNS, [*row[1:7], iso(row[7])], strict=True)) for row in rows
-            ],
+            "items": [dict(zip(COLUMNS, [*row[1:7], iso(row[7])], strict=True)) for row in rows],
             "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
         }
     )

@@ -26,13 +26,16 @@ def verified_nonce(
     params: dict[str, str],
     header: Callable[[str], str | None],
 ) -> str | None:
-    """The nonce of a valid V3 (or V2) signature, or None when the request is not from
-    Plivo's account. `header(name)` reads a request header."""
+    """The nonce of a valid V3 signature (or V2, only with PLIVO_ACCEPT_V2_SIGNATURES), or
+    None when the request is not from Plivo's account. `header(name)` reads a request header.
+    The caller must still refuse a nonce it has seen (replay)."""
     token = settings.plivo_credentials[1]
     nonce = header("X-Plivo-Signature-V3-Nonce")
     signature = header("X-Plivo-Signature-V3")
     if nonce and signature:
         return nonce if _v3_matches(method, url, nonce, token, signature, params) else None
+    if not settings.plivo_accept_v2_signatures:
+        return None
     nonce = header("X-Plivo-Signature-V2-Nonce")
     signature = header("X-Plivo-Signature-V2")
     if nonce and signature and validate_signature(url, nonce, signature, token):

@@ -1,16 +1,26 @@
 """Inbound replies from Plivo (STOP / START / HELP), applied at once after the signature
-check. Delivery reports arrive through api/status_intake.py instead."""
+and replay checks. Delivery reports arrive through api/status_intake.py instead.
+
+Replays are refused twice over. A V3 signature covers MessageUUID, and its unique row in
+inbound_messages refuses the same message for good (a durable check, no extra schema). The
+nonce is claimed in Redis as well, for what the uuid cannot catch: a V2 header pair (which
+signs no fields, when PLIVO_ACCEPT_V2_SIGNATURES allows it) reused with another From or
+uuid, and requests without a uuid. Inbound traffic is small, so nonces are kept for days."""
 
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 
+import redis
 from flask import Blueprint, current_app, request
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from api.errors import ApiError
 from api.signatures import public_url, verified_nonce
-from shared.db import session_scope
+from shared.config import Settings
+from shared.db import redis_client, session_scope
 from shared.keywords import action_for
 from shared.logs import log_event
 from shared.models import InboundMessage
@@ -19,6 +29,9 @@ from shared.phone import InvalidNumber, normalise
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/plivo")
 log = logging.getLogger(__name__)
+
+# Far past Plivo's retries (the last one comes about 7 minutes after the first attempt).
+INBOUND_NONCE_TTL = 7 * 24 * 3600
 
 
 def _signed_nonce() -> str:
@@ -41,36 +54,67 @@ def _sender_number(raw: str) -> str:
         return raw[:32]
 
 
+def _claim_nonce(settings: Settings, nonce: str) -> str:
+    """The Redis key now holding `nonce`; 403 if it was seen, 503 (Plivo retries) if Redis
+    cannot say."""
+    key = f"bulksms:inbound-nonce:{nonce}"
+    try:
+        first = redis_client(settings.redis_url).set(key, "1", nx=True, ex=INBOUND_NONCE_TTL)
+    except redis.RedisError as error:
+        log_event(log, "webhook.nonce_store_down", logging.ERROR, error=type(error).__name__)
+        raise ApiError(503, "unavailable", "cannot check for replays now; retry later") from None
+    if not first:
+        log_event(log, "webhook.replayed", logging.WARNING, nonce=nonce, path=request.path)
+        raise ApiError(403, "forbidden", "this signed request was already received")
+    return key
+
+
 @bp.post("/inbound")
 def inbound_message():
     """Store the reply; STOP-type words opt the number out, START-type words back in."""
-    _signed_nonce()
+    settings = current_app.config["SETTINGS"]
+    key = _claim_nonce(settings, _signed_nonce())
+    try:
+        action, message_uuid = _apply(settings)
+    except Exception:
+        # Nothing was stored; Plivo retries this same signed request, which must not then
+        # be refused as a replay.
+        with suppress(redis.RedisError):
+            redis_client(settings.redis_url).delete(key)
+        raise
+    log_event(log, "inbound.received", action=action, message_uuid=message_uuid)
+    return "", 200
+
+
+def _apply(settings: Settings) -> tuple[str | None, str | None]:
     form = request.form
     phone = _sender_number(form.get("From", ""))
     text = form.get("Text")
     action = action_for(text, form.get("MessageIntent"))
     message_uuid = form.get("MessageUUID") or None
-    settings = current_app.config["SETTINGS"]
-    with session_scope(settings.database_url) as session:
-        # Plivo may deliver one inbound message twice; acting twice could undo a later
-        # START with an old STOP.
-        if message_uuid and session.scalar(
-            select(InboundMessage.id).where(InboundMessage.message_uuid == message_uuid)
-        ):
-            return "", 200
-        session.add(
-            InboundMessage(
-                message_uuid=message_uuid,
-                phone=phone,
-                to=form.get("To", "")[:32],
-                text=text,
-                intent=form.get("MessageIntent") or None,
-                action=action,
+    try:
+        with session_scope(settings.database_url) as session:
+            # Plivo may deliver one inbound message twice (with a new nonce); acting twice
+            # could undo a later START with an old STOP.
+            if message_uuid and session.scalar(
+                select(InboundMessage.id).where(InboundMessage.message_uuid == message_uuid)
+            ):
+                return None, message_uuid
+            session.add(
+                InboundMessage(
+                    message_uuid=message_uuid,
+                    phone=phone,
+                    to=form.get("To", "")[:32],
+                    text=text,
+                    intent=form.get("MessageIntent") or None,
+                    action=action,
+                )
             )
-        )
-        if action == "opt_out":
-            add_opt_outs(session, [phone], source="inbound", reason=(text or "").strip()[:200])
-        elif action == "opt_in":
-            remove_opt_out(session, phone)
-    log_event(log, "inbound.received", action=action, message_uuid=message_uuid)
-    return "", 200
+            if action == "opt_out":
+                reason = (text or "").strip()[:200]
+                add_opt_outs(session, [phone], source="inbound", reason=reason)
+            elif action == "opt_in":
+                remove_opt_out(session, phone)
+    except IntegrityError:
+        return None, message_uuid  # the same message, delivered twice at once: the other won
+    return action, message_uuid

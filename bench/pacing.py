@@ -1,13 +1,16 @@
 """Pacing benchmark: does a fleet of workers send at the account's MPS, and not faster?
 
     .venv/bin/python bench/pacing.py [--mps 200] [--recipients 20000] [--workers 4]
-                                     [--db postgresql|sqlite] [--expiry 30]
+                                     [--db postgresql|sqlite] [--expiry 30] [--only ...]
 
 Starts Redis, PostgreSQL (or SQLite), the sandbox as its own process, N `celery worker -c 1
 -Q sms,maintenance` processes and beat, then POSTs one broadcast of --recipients numbers
 through the real API (BATCH_SIZE 1000). It does this twice on the same servers: with global
 pacing (the Redis GCRA limiter), then with GLOBAL_PACING=false, where only Celery's
 per-worker rate_limit (MPS x 60 / batch size per minute, per process) holds the workers back.
+A third run ("two senders", global pacing) POSTs the same numbers as two broadcasts at once,
+half each, from two different senders: SMS_MPS is the account's limit, so together they must
+send at it, not at twice it (their combined rate is measured over both senders' requests).
 
 Measured at the sandbox, not in the workers:
   steady-state rate = messages in every request but the last / (time of last request - time of
@@ -45,16 +48,34 @@ from harness import (
 RATIO_RANGE = (0.97, 1.00)
 
 
-def steady_rate(request_log: list[dict]) -> tuple[float | None, float, int]:
-    """(messages per second, first-to-last seconds, requests) over the sender's requests."""
-    times = sorted((r["t"], r["count"]) for r in request_log if r["src"] == SENDER_DIGITS)
+SECOND_SENDER = "+14155550001"
+RUNS = ("global", "naive", "two-senders")
+
+
+def steady_rate(
+    request_log: list[dict], senders: tuple[str, ...] = (SENDER_DIGITS,)
+) -> tuple[float | None, float, int]:
+    """(messages per second, first-to-last seconds, requests) over these senders' requests."""
+    times = sorted((r["t"], r["count"]) for r in request_log if r["src"] in senders)
     if len(times) < 2:
         return None, 0.0, len(times)
     span = times[-1][0] - times[0][0]
     return sum(count for _, count in times[:-1]) / span, span, len(times)
 
 
-def one_run(run, redis, database_url, sandbox, numbers, args, global_pacing: bool) -> dict:
+def post_broadcast(api: Api, numbers: list[str], sender: str | None) -> str:
+    body = {"recipients": numbers, "text": "Pacing benchmark"}
+    if sender:
+        body["sender"] = sender
+    response = api.client.post("/v1/broadcasts", json=body)
+    if response.status_code != 202:
+        raise RuntimeError(f"POST /v1/broadcasts: {response.status_code} {response.text}")
+    return response.get_json()["id"]
+
+
+def one_run(
+    run, redis, database_url, sandbox, numbers, args, global_pacing: bool, senders: int = 1
+) -> dict:
     redis.flush()  # no pacing timeline or queued task from the run before
     sandbox.reset()
     settings = bench_settings(
@@ -66,20 +87,36 @@ def one_run(run, redis, database_url, sandbox, numbers, args, global_pacing: boo
         global_pacing=global_pacing,
         max_recipients=max(100_000, len(numbers)),
     )
-    label = "global" if global_pacing else "naive"
+    label = ("global" if global_pacing else "naive") + (str(senders) if senders > 1 else "")
     workers = [run.worker(settings, f"{label}{i}") for i in range(args.workers)]
     beat = run.beat(settings)
     wait_ready(workers)
-    broadcast_id = Api(settings).broadcast(numbers, "Pacing benchmark")
+    api = Api(settings)
+    # Two senders: the same numbers split in two broadcasts, POSTed back to back.
+    shares = [numbers] if senders == 1 else [numbers[::2], numbers[1::2]]
+    sources = [None, SECOND_SENDER][: len(shares)]
+    broadcast_ids = [
+        post_broadcast(api, part, src) for part, src in zip(shares, sources, strict=True)
+    ]
     budget = 2 * len(numbers) / args.mps + 60
-    finished = wait_finished(database_url, broadcast_id, budget)
+    finished = None
+    started = time.monotonic()
+    for broadcast_id in broadcast_ids:
+        left = budget - (time.monotonic() - started)
+        done = wait_finished(database_url, broadcast_id, max(left, 0))
+        finished = None if done is None else time.monotonic() - started
     time.sleep(1)  # let the last request's log line land
     stats = sandbox.stats()
-    rate, span, requests = steady_rate(sandbox.request_log())
+    digits = (SENDER_DIGITS, SECOND_SENDER.removeprefix("+"))[:senders]
+    rate, span, requests = steady_rate(sandbox.request_log(), digits)
     for child in [*workers, beat]:
         child.stop()
         run.forget(child)
-    end = account(database_url, broadcast_id, stats)
+    ends = [account(database_url, broadcast_id, stats) for broadcast_id in broadcast_ids]
+    end = {key: sum(e[key] for e in ends) for key in ("lost", "recipients")}
+    # These are counted over the whole sandbox already, not per broadcast.
+    end.update({key: ends[0][key] for key in ("too_many_requests", "expired", "texted_twice")})
+    end["max_queue_depth"] = max(stats["max_queue_depth"].get(d, 0) for d in digits)
     return {
         **end,
         "messages": stats["messages"],
@@ -117,16 +154,32 @@ def report(args, results: dict[str, dict]) -> int:
         f"SMS_MPS {args.mps:g}, sandbox draining at {args.mps:g} MPS with expiry "
         f"{args.expiry:g}s, {args.db}\n"
     )
-    print(f"{'':<34} {'global pacing':>15} {'rate_limit only':>16}")
+    columns = [
+        (name, title)
+        for name, title in (
+            ("global", "global pacing"),
+            ("naive", "rate_limit only"),
+            ("two-senders", "two senders"),
+        )
+        if name in results
+    ]
+    print(f"{'':<34}" + "".join(f" {title:>16}" for _, title in columns))
     for label, key, spec in rows:
-        global_, naive = results["global"].get(key), results["naive"].get(key)
-        print(f"{label:<34} {fmt(global_, spec):>15} {fmt(naive, spec):>16}")
+        cells = "".join(f" {fmt(results[name].get(key), spec):>16}" for name, _ in columns)
+        print(f"{label:<34}{cells}")
     print(
         f"\n(rate = messages of all requests but the last / first-to-last request time; the "
         f"sandbox's queue\n cannot hold more than MPS x expiry = {args.mps * args.expiry:,.0f}: "
         "messages that would wait longer expire on arrival)"
     )
-    g = results["global"]
+    ok = True
+    for name, title in (("global", "global pacing"), ("two-senders", "two senders, combined")):
+        if name in results:
+            ok &= targets(title, results[name], depth_limit)
+    return 0 if ok else 1
+
+
+def targets(title: str, g: dict, depth_limit: float) -> bool:
     low, high = RATIO_RANGE
     ratio = g["ratio"]
     checks = [
@@ -145,10 +198,10 @@ def report(args, results: dict[str, dict]) -> int:
         ),
         ("every recipient final (none lost)", g["lost"] == 0, g["lost"]),
     ]
-    print("\ntargets (global pacing run):")
+    print(f"\ntargets ({title} run):")
     for label, ok, value in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {label}: {value}")
-    return 0 if all(ok for _, ok, _ in checks) else 1
+    return all(ok for _, ok, _ in checks)
 
 
 def main() -> int:
@@ -163,7 +216,13 @@ def main() -> int:
         "--expiry", type=float, default=30, help="sandbox message expiry, s (default 30)"
     )
     parser.add_argument("--timeout", type=float, default=1200, help="hard limit, s (default 1200)")
+    parser.add_argument(
+        "--only", default=",".join(RUNS), help=f"runs, comma-separated (default {','.join(RUNS)})"
+    )
     args = parser.parse_args()
+    chosen = [name for name in args.only.split(",") if name]
+    if set(chosen) - set(RUNS) or "global" not in chosen:
+        parser.error(f"--only takes {', '.join(RUNS)}, and always includes global")
 
     numbers = phone_numbers(args.recipients)
     results = {}
@@ -171,10 +230,14 @@ def main() -> int:
         redis = run.redis()
         database_url = run.database(args.db)
         sandbox = run.sandbox(sms_mps=args.mps, message_expiry=args.expiry)
-        for key, global_pacing in (("global", True), ("naive", False)):
+        plan = {"global": (True, 1), "naive": (False, 1), "two-senders": (True, 2)}
+        for key in [name for name in RUNS if name in chosen]:
+            global_pacing, senders = plan[key]
             started = time.monotonic()
-            print(f"run: {'global pacing' if global_pacing else 'rate_limit only'} ...", flush=True)
-            results[key] = one_run(run, redis, database_url, sandbox, numbers, args, global_pacing)
+            print(f"run: {key} ...", flush=True)
+            results[key] = one_run(
+                run, redis, database_url, sandbox, numbers, args, global_pacing, senders
+            )
             print(f"  done in {time.monotonic() - started:.0f}s", flush=True)
     return report(args, results)
 

@@ -239,7 +239,7 @@ def list_broadcasts(
     if as_json:
         print_json(body)
         return
-    broadcasts = body.get("broadcasts", [])
+    broadcasts = body.get("items", [])
     if not broadcasts:
         click.echo("no broadcasts" + (f" with status {', '.join(statuses)}" if statuses else ""))
         return
@@ -328,7 +328,7 @@ def recipients(
         if cursor is None:
             # After the first answer, so an unknown id prints only the error.
             click.echo(_recipient_line([name for name, _ in RECIPIENT_COLUMNS] + ["reason"]))
-        for row in page.get("recipients", []):
+        for row in page.get("items", []):
             values = [
                 row.get("phone") or "",
                 row.get("status") or "",
@@ -340,7 +340,7 @@ def recipients(
             click.echo(_recipient_line(values))
             shown += 1
         cursor = page.get("next_cursor")
-        if not cursor or not page.get("recipients"):
+        if not cursor or not page.get("items"):
             break
     click.echo(f"{shown:,} recipient(s)", err=True)
 
@@ -370,7 +370,8 @@ def retry(client: ApiClient, broadcast_id: str, statuses: tuple[str, ...], as_js
         return
     click.echo(
         f"retrying {body.get('retried', 0):,} recipient(s) ({', '.join(wanted)}) in "
-        f"{body.get('batches', 0):,} batch(es); {body.get('skipped', 0):,} skipped (opted out)"
+        f"{body.get('batches_enqueued', 0):,} batch(es); "
+        f"{body.get('skipped', 0):,} skipped (opted out)"
     )
     _warn(body)
 
@@ -397,8 +398,8 @@ def _action(name: str, summary: str) -> click.Command:
             line += f" ({body['status_reason']})"
         if body.get("skipped"):
             line += f"; {body['skipped']:,} recipient(s) skipped"
-        if body.get("batches"):
-            line += f"; {body['batches']:,} batch(es) enqueued"
+        if body.get("batches_enqueued"):
+            line += f"; {body['batches_enqueued']:,} batch(es) enqueued"
         click.echo(line)
         _warn(body)
 

@@ -21,7 +21,7 @@ def limits() -> None:
 def show_limits(client: ApiClient, as_json: bool) -> None:
     """The effective limits and where each comes from (config or a live override)."""
     body = client.call("GET", "/v1/limits")
-    click.echo(json.dumps(body, indent=2) if as_json else reports.limits(body))
+    click.echo(json.dumps(body, indent=2) if as_json else _limits(body))
 
 
 @limits.command("set")
@@ -44,7 +44,8 @@ def set_limits(
     clear: bool,
     as_json: bool,
 ) -> None:
-    """Override limits now; every worker's next batch obeys them, no restart needed."""
+    """Override limits now; every worker's next batch obeys them, no restart needed, and
+    batches waiting for their turn try again under them at once."""
     if clear and (sms_mps is not None or mms_mps is not None):
         raise click.UsageError("--clear removes the overrides; it takes no --sms-mps/--mms-mps")
     if clear:
@@ -60,4 +61,15 @@ def set_limits(
         raise click.UsageError("nothing to change: give --sms-mps, --mms-mps or --clear")
     payload = {"senders": {sender: change}} if sender else change
     body = client.call("PUT", "/v1/limits", json=payload)
-    click.echo(json.dumps(body, indent=2) if as_json else reports.limits(body))
+    click.echo(json.dumps(body, indent=2) if as_json else _limits(body))
+
+
+def _limits(body: dict) -> str:
+    """The table, then how the two limits combine (a blank line apart, so the table ends)."""
+    default = (body.get("default_sender_mps") or {}).get("value") or 0
+    others = f"{default:g} msg/s (DEFAULT_SENDER_MPS)" if default else "no limit of their own"
+    return (
+        f"{reports.limits(body)}\n\n"
+        "Every batch obeys both its account's and its sender's limit; all senders share the "
+        f"account's.\nSenders not listed: {others}."
+    )

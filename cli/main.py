@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from cli.audit import audit
 from cli.broadcasts import COMMANDS
 from cli.client import ApiClient, check_base_url
+from cli.keys import keys
 from cli.limits import limits
 from cli.opt_outs import opt_outs
 
@@ -50,7 +52,7 @@ def cli(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> No
     ctx.obj = ApiClient(check_base_url(url), api_key, timeout)
 
 
-for command in (*COMMANDS, opt_outs, limits):
+for command in (*COMMANDS, opt_outs, limits, keys, audit):
     cli.add_command(command)
 
 

@@ -56,6 +56,9 @@ class Progress:
     by_status: dict[str, int]
     rate: float | None
     eta_seconds: float | None
+    # Why it is not moving, when the API says (its sender's pacing, delivery reports).
+    waiting_for: str | None = None
+    priority: str | None = None
 
 
 class RateEstimator:
@@ -103,8 +106,9 @@ def measure(broadcast: dict, estimator: RateEstimator, at: float) -> Progress:
         eta = broadcast["eta_seconds"]
     else:
         eta = (total - final) / rate if rate else None
+    waiting_for = broadcast.get("waiting_for")
     if broadcast.get("status") in FINAL_STATUSES:
-        eta = 0.0
+        eta, waiting_for = 0.0, None
     return Progress(
         status=broadcast.get("status", "?"),
         reason=broadcast.get("status_reason"),
@@ -114,6 +118,8 @@ def measure(broadcast: dict, estimator: RateEstimator, at: float) -> Progress:
         by_status=by_status,
         rate=rate,
         eta_seconds=eta,
+        waiting_for=waiting_for,
+        priority=broadcast.get("priority"),
     )
 
 
@@ -136,8 +142,12 @@ def render(progress: Progress, bar: bool) -> str:
     rate = "-" if progress.rate is None else f"{progress.rate:,.1f}"
     parts += [f"{rate} msg/s", f"ETA {clock(progress.eta_seconds)}"]
     status = progress.status
+    if progress.priority == "high":
+        status += " [high priority]"
     if progress.reason and progress.status not in FINAL_STATUSES:
         status += f" ({progress.reason})"
+    if progress.waiting_for:
+        status += f", waiting for {progress.waiting_for}"
     parts.append(status)
     return "  ".join(parts)
 

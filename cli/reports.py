@@ -96,7 +96,7 @@ def accepted(body: dict) -> str:
         f"status     {status}",
         f"sender     {body.get('sender') or '-'} ({(body.get('kind') or 'sms').upper()})",
         f"counts     {intake_counts(body.get('counts') or {})}",
-        f"batches    {body.get('batches', 0)}",
+        f"batches    {(body.get('batches') or {}).get('total', 0)}",
         f"encoding   {body.get('encoding') or '-'}, {_segments(body)}",
     ]
     invalid = body.get("invalid") or []
@@ -120,7 +120,8 @@ def summary(broadcast: dict) -> str:
     lines = [
         f"broadcast  {broadcast.get('id')}",
         f"status     {status}",
-        f"sender     {broadcast.get('sender') or '-'} ({kind})",
+        f"sender     {broadcast.get('sender') or '-'} ({kind}, "
+        f"{broadcast.get('priority') or 'normal'} priority)",
         f"encoding   {broadcast.get('encoding') or '-'}, {_segments(broadcast)}",
         f"intake     {intake_counts(broadcast.get('counts') or {})}",
         f"created    {when(broadcast.get('created_at'))}",
@@ -143,6 +144,8 @@ def summary(broadcast: dict) -> str:
         if broadcast.get("status") not in FINAL_STATUSES and "eta_seconds" in broadcast:
             line += f", ETA {clock(broadcast['eta_seconds'])}"
         lines.append(line)
+    if broadcast.get("waiting_for") and broadcast.get("status") not in FINAL_STATUSES:
+        lines.append(f"waiting    for {broadcast['waiting_for']}")
 
     recipients = broadcast.get("recipients") or {}
     rows = ordered(recipients.get("by_status") or {})

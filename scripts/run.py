@@ -8,6 +8,7 @@ var/log/<name>.log. Ctrl-C (or SIGTERM) stops every child, last started first.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
 import secrets
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 LOGS = VAR / "log"
+# prometheus-client's multiprocess files: every API and worker process writes its own there
+# and the API's /metrics adds them up. Emptied at each start: files of processes from a
+# previous run would be counted again.
+METRICS_DIR = VAR / "prometheus"
 PYTHON = sys.executable
 API_URL = "http://127.0.0.1:8000"
 FLOWER_URL = "http://127.0.0.1:5555"
@@ -57,6 +62,8 @@ class Service:
     # stay up for N seconds.
     health: str
     env: dict[str, str] = field(default_factory=dict)
+    # Sent with an "http://..." health check (Flower's /healthcheck needs its login).
+    health_headers: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     log: IO[bytes] | None = None
@@ -70,6 +77,8 @@ def main() -> int:
     os.chdir(ROOT)  # the children read .env and write var/ relative to the project root
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up as they happen
     LOGS.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)
+    METRICS_DIR.mkdir()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stop)
     started: list[Service] = []
@@ -140,6 +149,11 @@ def child_env(settings: Settings, flower_password: str) -> dict[str, str]:
         FLOWER_USER=settings.flower_user,
         FLOWER_PASSWORD=flower_password,
         PYTHONUNBUFFERED="1",  # logs reach var/log/ as they happen
+        PROMETHEUS_MULTIPROC_DIR=str(METRICS_DIR),
+        # granian's own start-up and access lines in the same JSON as the app's, and no
+        # Celery start-up banner: every line in var/log/ is one JSON object.
+        GRANIAN_LOG_CONFIG=str(ROOT / "ops" / "granian-logging.json"),
+        CELERY_QUIET="1",
     )
     if settings.sandbox_mode and not settings.public_base_url:
         # The sandbox posts delivery reports to this address; without it nothing gets past
@@ -209,12 +223,12 @@ def plan(settings: Settings, flower_password: str) -> list[Service]:
         ),
         Service(
             "flower",
-            celery + ["flower", "--address=127.0.0.1", "--port=5555", "--persistent=True",
-                      "--db=var/flower.db"],
+            celery + flower_args(urlsplit(FLOWER_URL).port or 5555),
             health=f"{FLOWER_URL}/healthcheck",
             # Flower reads FLOWER_BASIC_AUTH like --basic-auth; the environment keeps the
             # password out of `ps`.
             env={"FLOWER_BASIC_AUTH": f"{settings.flower_user}:{flower_password}"},
+            health_headers={"Authorization": basic_auth(settings.flower_user, flower_password)},
         ),
     ]  # fmt: skip
     for service in services:
@@ -225,6 +239,17 @@ def plan(settings: Settings, flower_password: str) -> list[Service]:
                 "stop whatever listens there and run again"
             )
     return services
+
+
+def flower_args(port: int) -> list[str]:
+    """`celery flower` arguments; the conf file puts /metrics and /healthcheck behind the
+    login, which Flower itself does not (docker-compose.yml passes the same file)."""
+    return ["flower", "--conf=scripts/flowerconfig.py", "--address=127.0.0.1",
+            f"--port={port}", "--persistent=True", "--db=var/flower.db"]  # fmt: skip
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def redis_service(url: str) -> Service | None:
@@ -404,7 +429,8 @@ def _healthy(service: Service, log_offset: int) -> bool:
     if check.startswith("redis"):
         return _redis_answers(check)
     try:
-        with urllib.request.urlopen(check, timeout=2) as response:
+        probe = urllib.request.Request(check, headers=service.health_headers)
+        with urllib.request.urlopen(probe, timeout=2) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, OSError):
         return False

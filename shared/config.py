@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -60,6 +61,12 @@ class Settings(BaseSettings):
     sandbox_url: str = "http://127.0.0.1:8020"
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Requests per API key across every /v1 route (keys in API_KEYS included), in
+    # Flask-Limiter's notation; `;` separates limits that all apply.
+    api_rate_limit: str = "20/second;600/minute"
+    # Failed authentications per client address; past it every /v1 request from that address
+    # is refused with 429 until the window ends, so keys cannot be guessed at speed.
+    auth_failure_limit: str = "10/minute"
     database_url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'bulksms.db'}"
     redis_url: str = "redis://127.0.0.1:6379/0"
 
@@ -113,14 +120,31 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: SecretStr = SecretStr("")
     public_base_url: str | None = None
+    # Plivo's V2 signature covers the URL and nonce but not the form fields: one leaked header
+    # pair can be replayed with any From/Text. V3 only, unless an account still needs V2.
+    plivo_accept_v2_signatures: bool = False
     # Signs completion notices POSTed to a broadcast's callback_url.
     callback_secret: SecretStr = SecretStr("")
     log_level: str = "INFO"
+    # Bearer token Prometheus sends to GET /metrics; unset, /metrics answers 404: traffic,
+    # error codes and queue depths are nobody's business by default.
+    metrics_token: SecretStr = SecretStr("")
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _api_keys_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("api_rate_limit", "auth_failure_limit")
+    @classmethod
+    def _request_limit(cls, value: str) -> str:
+        try:
+            parsed = parse_many(value)
+        except ValueError:
+            parsed = []
+        if not parsed or any(item.amount < 1 for item in parsed):
+            raise ValueError(f"{value!r} is not a request limit such as 20/second;600/minute")
+        return value
 
     @field_validator("sender_mps", mode="before")
     @classmethod

@@ -2,18 +2,26 @@
 
 Each is one transaction of conditional updates, so calling it twice, or racing a worker,
 changes nothing twice. In-flight batches are never touched here: a worker holding one
-finishes its call and records the outcome; claims check the broadcast's status."""
+finishes its call and records the outcome; claims check the broadcast's status.
+
+Pause and cancel also give the broadcast's pacing back (given `settings`): the slots its
+waiting batches had booked, and its place in its sender's line, once the transaction has
+committed, so the next broadcast on that sender goes within seconds."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+import redis
+from sqlalchemy import and_, event, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from shared import timelines
 from shared.config import Settings
 from shared.db import chunked
+from shared.logs import log_event
 from shared.models import (
     Batch,
     BatchStatus,
@@ -25,6 +33,8 @@ from shared.models import (
     utcnow,
 )
 from shared.opt_outs import opted_out_among
+
+log = logging.getLogger(__name__)
 
 RETRYABLE = (RecipientStatus.FAILED, RecipientStatus.UNKNOWN, RecipientStatus.UNDELIVERED)
 CANCELLED_REASON = "cancelled"
@@ -45,7 +55,13 @@ def _locked(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
     return broadcast
 
 
-def pause(session: Session, broadcast_id: uuid.UUID, reason: str = "paused by operator") -> str:
+def pause(
+    session: Session,
+    broadcast_id: uuid.UUID,
+    reason: str = "paused by operator",
+    *,
+    settings: Settings | None = None,
+) -> str:
     broadcast = _locked(session, broadcast_id)
     if broadcast.status == BroadcastStatus.PAUSED:
         return broadcast.status
@@ -53,6 +69,7 @@ def pause(session: Session, broadcast_id: uuid.UUID, reason: str = "paused by op
         raise ActionRefused(f"the broadcast is already {broadcast.status}")
     broadcast.status = BroadcastStatus.PAUSED
     broadcast.status_reason = reason
+    release_pacing(session, broadcast, settings)
     return broadcast.status
 
 
@@ -85,16 +102,20 @@ def resume(session: Session, broadcast_id: uuid.UUID) -> tuple[str, list[int]]:
         )
     )
     if pending:
+        # Any slot still kept (pause could not reach Redis) is dropped too: they book afresh
+        # in their sender's line, never after abandoned slots.
         session.execute(
             update(Batch)
             .where(Batch.id.in_(pending), Batch.status == BatchStatus.PENDING)
-            .values(not_before=None, enqueued_at=now, updated_at=now)
+            .values(not_before=None, slot_at=None, enqueued_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         )
     return broadcast.status, pending
 
 
-def cancel(session: Session, broadcast_id: uuid.UUID) -> tuple[str, int]:
+def cancel(
+    session: Session, broadcast_id: uuid.UUID, *, settings: Settings | None = None
+) -> tuple[str, int]:
     """Cancelled; recipients not yet handed to Plivo become `skipped` (cancelled). Returns
     the status and how many recipients were skipped by this call."""
     broadcast = _locked(session, broadcast_id)
@@ -105,7 +126,95 @@ def cancel(session: Session, broadcast_id: uuid.UUID) -> tuple[str, int]:
         broadcast.status = BroadcastStatus.CANCELLED
         broadcast.status_reason = "cancelled by operator"
         broadcast.finished_at = now
+    release_pacing(session, broadcast, settings)
     return broadcast.status, sweep_cancelled(session, broadcast_id)
+
+
+def release_pacing(session: Session, broadcast: Broadcast, settings: Settings | None) -> None:
+    """The stopped broadcast's waiting batches let go of their booked slots (in this
+    transaction) and, after commit, the slots and the broadcast's place in its sender's line
+    are given back in Redis; the sender's other waiting batches are woken to take them."""
+    if settings is None:
+        return
+    now = utcnow()
+    booked = session.execute(
+        select(Batch.id, Batch.slot_at)
+        .where(
+            Batch.broadcast_id == broadcast.id,
+            Batch.status == BatchStatus.PENDING,
+            Batch.slot_at.is_not(None),
+        )
+        .with_for_update()
+    ).all()
+    members = []
+    for batch_id, slot_at in booked:
+        # Only a batch still pending (no worker has claimed it since) gives its slot back:
+        # a claimed one may be about to send at it.
+        dropped = session.execute(
+            update(Batch)
+            .where(
+                Batch.id == batch_id,
+                Batch.status == BatchStatus.PENDING,
+                Batch.slot_at.is_not(None),
+            )
+            .values(slot_at=None, not_before=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if dropped:
+            members.append(timelines.booking_member(batch_id, as_utc(slot_at)))
+    wake_waiting(session, broadcast.kind, broadcast.sender)
+    kind, sender, broadcast_id = broadcast.kind, broadcast.sender, broadcast.id
+
+    def give_back_after_commit(_session: Session) -> None:
+        # After commit: given back first, a batch could still be sent at the slot.
+        try:
+            freed = timelines.give_back(settings, kind, sender, members)
+            left = timelines.leave_line(settings, kind, sender, broadcast_id)
+        except redis.RedisError as error:
+            # The slots then simply pass unused (at most the pacing horizon), and the line
+            # forgets the batches once they are overdue.
+            log_event(
+                log,
+                "pacing.release_failed",
+                logging.WARNING,
+                broadcast_id=broadcast_id,
+                error=type(error).__name__,
+            )
+            return
+        log_event(
+            log,
+            "pacing.released",
+            broadcast_id=broadcast_id,
+            sender=sender,
+            slots=len(members),
+            seconds_freed=round(freed, 3),
+            left_line=left,
+        )
+
+    event.listen(session, "after_commit", give_back_after_commit, once=True)
+
+
+def wake_waiting(session: Session, kind: str | None = None, sender: str | None = None) -> int:
+    """Pending batches waiting unbooked (of this kind, this sender) forget their estimate
+    and have no task: the reconciler's next pass sends them to book again at once. For a
+    limit changed, or a sender freed. Returns how many."""
+    now = utcnow()
+    conditions = [Broadcast.id == Batch.broadcast_id]
+    if kind is not None:
+        conditions.append(Broadcast.kind == kind)
+    if sender is not None:
+        conditions.append(Broadcast.sender == sender)
+    return session.execute(
+        update(Batch)
+        .where(
+            Batch.status == BatchStatus.PENDING,
+            Batch.slot_at.is_(None),
+            Batch.not_before.is_not(None),
+            exists().where(and_(*conditions)),
+        )
+        .values(not_before=None, enqueued_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
 
 
 def sweep_cancelled(session: Session, broadcast_id: uuid.UUID) -> int:

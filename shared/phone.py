@@ -1,4 +1,5 @@
-"""Phone numbers: anything a person types, normalised to E.164 or rejected with a reason."""
+"""Phone numbers as people type them (digits, with spaces, dashes, dots or parentheses),
+normalised to E.164 or rejected with a reason."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from functools import cache
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumber, ValidationResult
 
-_CANONICAL = re.compile(r"\+[1-9]\d{6,14}")
+# ASCII digits only: `\d` would also match full-width and other scripts' digits.
+_CANONICAL = re.compile(r"\+[1-9][0-9]{6,14}")
+# What a person may type around the digits. phonenumbers would also turn letters into
+# digits (vanity numbers: +1 800 FLOWERS) and read full-width digits, "ext. 12" or "/":
+# each of those silently texts a number nobody wrote, so they are refused instead.
+_TYPED = re.compile(r"\+?[0-9 ().-]+")
 _COUNTRY_CODES = frozenset(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 _MAX_INPUT = 64
 
@@ -66,6 +72,10 @@ def normalise(value: object, default_region: str | None = None) -> str:
         raise InvalidNumber("empty")
     if not stripped.startswith("+") and default_region is None:
         raise InvalidNumber("needs a + and country code (no DEFAULT_REGION is configured)")
+    if not _TYPED.fullmatch(stripped):
+        raise InvalidNumber(
+            "may contain only digits, a leading +, spaces, dashes, dots and parentheses"
+        )
     try:
         number = phonenumbers.parse(stripped, default_region)
     except NumberParseException as error:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import Batch, Broadcast, Recipient, as_utc, utcnow
+from shared import timelines
+from shared.config import Settings
+from shared.models import (
+    Batch,
+    BatchStatus,
+    Broadcast,
+    BroadcastStatus,
+    Recipient,
+    RecipientStatus,
+    as_utc,
+    utcnow,
+)
 from shared.plivo_codes import meaning
 
 
@@ -27,7 +39,9 @@ def _grouped(session: Session, column, broadcast_id) -> dict:
 
 
 def summarize(session: Session, broadcast: Broadcast) -> dict:
-    """Status, intake counts, recipients by status and by error code, batches by status."""
+    """Status, intake counts, recipients by status and by error code, batches by status,
+    and what looking messages up at Plivo found (the status sweep, the resolution of
+    `unknown` batches)."""
     recipients = _grouped(session, Recipient.status, broadcast.id)
     errors = _grouped(session, Recipient.error_code, broadcast.id)
     batches = _grouped(session, Batch.status, broadcast.id)
@@ -37,6 +51,7 @@ def summarize(session: Session, broadcast: Broadcast) -> dict:
         "status": broadcast.status,
         "status_reason": broadcast.status_reason,
         "sender": broadcast.sender,
+        "priority": broadcast.priority,
         "encoding": broadcast.encoding,
         "segments": broadcast.segments,
         "counts": broadcast.counts,
@@ -45,19 +60,92 @@ def summarize(session: Session, broadcast: Broadcast) -> dict:
             code: {"count": count, "meaning": meaning(code)} for code, count in errors.items()
         },
         "batches": {"total": sum(batches.values()), "by_status": batches},
+        "sent_no_report": _sent_no_report(session, broadcast.id),
+        "resolutions": _resolutions(session, broadcast.id),
         "created_at": iso(broadcast.created_at),
         "updated_at": iso(broadcast.updated_at),
         "finished_at": iso(broadcast.finished_at),
     }
 
 
+# Shown per batch: enough for an operator to see what happened, bounded for a huge broadcast.
+RESOLUTIONS_SHOWN = 50
+
+
+def _sent_no_report(session: Session, broadcast_id) -> int:
+    """Recipients Plivo still showed only `queued`/`sent` when the status sweep looked them
+    up: no final report will come, and they count as final."""
+    return session.scalar(
+        select(func.count()).where(
+            Recipient.broadcast_id == broadcast_id,
+            Recipient.status.in_((RecipientStatus.QUEUED, RecipientStatus.SENT)),
+            Recipient.report_checked_at.is_not(None),
+        )
+    )
+
+
+def _resolutions(session: Session, broadcast_id) -> dict:
+    """`unknown` batches still to be looked up at Plivo, and what each resolution found."""
+    unresolved = (
+        Batch.broadcast_id == broadcast_id,
+        Batch.status == BatchStatus.UNKNOWN,
+        Batch.resolved_at.is_(None),
+    )
+    awaiting_batches = session.scalar(select(func.count()).where(*unresolved))
+    awaiting_recipients = 0
+    if awaiting_batches:
+        awaiting_recipients = session.scalar(
+            select(func.count()).where(
+                Recipient.broadcast_id == broadcast_id,
+                Recipient.status == RecipientStatus.UNKNOWN,
+                Recipient.batch_id.in_(select(Batch.id).where(*unresolved)),
+            )
+        )
+    rows = session.execute(
+        select(
+            Batch.seq,
+            Batch.status,
+            Batch.resolution,
+            Batch.resolved_at,
+            Batch.resolve_attempts,
+            Batch.resolve_after,
+        )
+        .where(
+            Batch.broadcast_id == broadcast_id,
+            (Batch.resolution.is_not(None)) | (Batch.status == BatchStatus.UNKNOWN),
+        )
+        .order_by(Batch.seq)
+        .limit(RESOLUTIONS_SHOWN)
+    ).all()
+    return {
+        "awaiting": {"batches": awaiting_batches, "recipients": awaiting_recipients},
+        "batches": [
+            {
+                "seq": seq,
+                "status": status,
+                "resolution": resolution,
+                "resolved_at": iso(resolved_at),
+                "tries": tries,
+                "next_try_at": None if resolved_at else iso(resolve_after),
+            }
+            for seq, status, resolution, resolved_at, tries, resolve_after in rows
+        ],
+    }
+
+
 def progress(summary: dict, await_reports: bool) -> dict:
     """How many recipients have reached the end of the road. With delivery reports on,
-    `queued` and `sent` are still on their way; without them, `queued` is as far as we see."""
+    `queued` and `sent` are still on their way, unless the status sweep found Plivo has no
+    more to say; without them, `queued` is as far as we see. `unknown` recipients still to
+    be looked up at Plivo are on their way too."""
     by_status = summary["recipients"]["by_status"]
     total = summary["recipients"]["total"]
     waiting = ("pending", "queued", "sent") if await_reports else ("pending",)
-    final = total - sum(by_status.get(status, 0) for status in waiting)
+    unfinished = sum(by_status.get(status, 0) for status in waiting)
+    if await_reports:
+        unfinished -= summary.get("sent_no_report", 0)
+    unfinished += summary.get("resolutions", {}).get("awaiting", {}).get("recipients", 0)
+    final = total - unfinished
     percent = round(100 * final / total, 1) if total else 100.0
     return {"final": final, "total": total, "percent": percent}
 
@@ -76,9 +164,107 @@ def recent_rate(session: Session, broadcast: Broadcast, window_seconds: int = 60
     return round(sent / max(1.0, min(window_seconds, age)), 2)
 
 
-def eta_seconds(pending: int, mps: float, rate: float) -> float | None:
-    """Time left at the pacing limit (or, unlimited, at the rate seen lately)."""
+def eta_seconds(
+    pending: int,
+    mps: float,
+    rate: float,
+    *,
+    ahead: int = 0,
+    wait: float = 0.0,
+    unsettled: int = 0,
+) -> float | None:
+    """Seconds until every recipient is handed to Plivo: the `pending` ones, after `ahead`
+    (other broadcasts' messages that go first on the sender), at the pacing limit (or,
+    unlimited, at the rate seen lately), from `wait` on (a scheduled start, capacity already
+    booked). None when it cannot be known: no rate yet, or nothing left to send but
+    `unsettled` recipients whose delivery reports are still to come."""
     if pending == 0:
-        return 0.0
+        return None if unsettled else 0.0
     speed = mps if mps > 0 else rate
-    return round(pending / speed, 1) if speed > 0 else None
+    if speed <= 0:
+        return None
+    return round(max(0.0, wait) + (pending + ahead) / speed, 1)
+
+
+def outlook(
+    session: Session, broadcast: Broadcast, summary: dict, settings: Settings, rate: float
+) -> dict:
+    """The ETA and, when the broadcast is waiting (on its sender's pacing, or on delivery
+    reports), what for: `eta_seconds`, `waiting_for` (a sentence, or None) and `pacing`
+    (the limits in force, how far the sender is booked, what waits before this broadcast)."""
+    by_status = summary["recipients"]["by_status"]
+    pending = by_status.get("pending", 0)
+    reached = progress(summary, settings.status_callback_url is not None)
+    unsettled = max(0, reached["total"] - reached["final"] - pending)
+    answer: dict = {"eta_seconds": None, "waiting_for": None, "pacing": None}
+    if broadcast.status in BroadcastStatus.FINAL:
+        return answer
+    now = utcnow()
+    try:
+        view = timelines.outlook(settings, broadcast.kind, broadcast.sender, broadcast.id)
+    except redis.RedisError:
+        view = None
+    if view is not None:
+        mps, ahead = view.mps, view.ahead
+        booked_for = max(0.0, view.booked_until - view.now)
+        booked_until = now + timedelta(seconds=booked_for)
+        answer["pacing"] = {
+            "mps": mps,
+            "account_mps": view.account_mps,
+            "sender_mps": view.sender_mps,
+            "booked_until": iso(booked_until) if booked_for > 0 else None,
+            "ahead": ahead,
+            "waiting_unbooked": view.own_waiting,
+        }
+    else:
+        mps, ahead, booked_for, booked_until = 0.0, 0, 0.0, now
+    wait = booked_for
+    if broadcast.scheduled_at is not None and broadcast.status == BroadcastStatus.SCHEDULED:
+        wait = max(wait, (as_utc(broadcast.scheduled_at) - now).total_seconds())
+    if broadcast.status != BroadcastStatus.PAUSED:
+        answer["eta_seconds"] = eta_seconds(
+            pending, mps, rate, ahead=ahead, wait=wait, unsettled=unsettled
+        )
+    if broadcast.status not in BroadcastStatus.SENDABLE:
+        return answer
+    if pending:
+        next_send = session.scalar(
+            select(func.min(func.coalesce(Batch.slot_at, Batch.not_before))).where(
+                Batch.broadcast_id == broadcast.id, Batch.status == BatchStatus.PENDING
+            )
+        )
+        if next_send is not None and as_utc(next_send) - now > timedelta(
+            seconds=settings.pacing_max_sleep
+        ):
+            answer["waiting_for"] = _pacing_reason(
+                broadcast.sender, booked_until if booked_for > 0 else None, ahead, mps, next_send
+            )
+    elif unsettled:
+        last_sent = session.scalar(
+            select(func.max(Batch.submitted_at)).where(Batch.broadcast_id == broadcast.id)
+        )
+        reason = f"delivery reports of {unsettled:,} recipients"
+        if last_sent is not None:
+            lookup = as_utc(last_sent) + timedelta(seconds=settings.report_timeout)
+            reason += f" (any still missing are looked up at Plivo from {_clock(lookup)})"
+            answer["reports_due_by"] = iso(lookup)
+        answer["waiting_for"] = reason
+    return answer
+
+
+def _clock(moment: datetime) -> str:
+    return as_utc(moment).strftime("%H:%M:%S UTC")
+
+
+def _pacing_reason(
+    sender: str, booked_until: datetime | None, ahead: int, mps: float, next_send: datetime
+) -> str:
+    details = []
+    if booked_until is not None:
+        details.append(f"booked until {_clock(booked_until)}")
+    if ahead:
+        details.append(f"{ahead:,} messages of other broadcasts first")
+    if mps > 0:
+        details.append(f"{mps:g} msg/s")
+    shown = f" ({', '.join(details)})" if details else ""
+    return f"sender {sender}{shown}; next batch about {_clock(next_send)}"

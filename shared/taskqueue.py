@@ -6,7 +6,10 @@ from __future__ import annotations
 import uuid
 
 from celery import Celery
+from celery.signals import setup_logging, task_postrun, task_prerun
 from kombu.exceptions import KombuError, OperationalError
+
+from shared import logs
 
 SMS_QUEUE = "sms"
 MMS_QUEUE = "mms"
@@ -19,9 +22,22 @@ SEND_MMS_BATCH = "send_mms_batch"
 RECONCILE = "reconcile"
 APPLY_STATUS_EVENTS = "apply_status_events"
 NOTIFY_COMPLETION = "notify_completion"
+# Maintenance passes that ask Plivo (workers/report_sweep.py, workers/resolution.py): beat
+# starts one every so many seconds; each is short, and one still running makes the next a
+# no-op.
+SWEEP_REPORTS = "sweep_reports"
+SWEEP_REPORTS_EVERY = 5.0
+RESOLVE_UNKNOWN = "resolve_unknown"
+RESOLVE_UNKNOWN_EVERY = 1.0
 
 celery_app = Celery("bulksms")
 celery_app.config_from_object("celeryconfig")
+
+# Worker and beat log in the JSON format of shared/logs.py, not Celery's own, and every line
+# a task logs carries its task id, broadcast_id and batch_id.
+setup_logging.connect(logs.setup_celery_logging)
+task_prerun.connect(logs.bind_task)
+task_postrun.connect(logs.unbind_task)
 
 
 class EnqueueError(RuntimeError):

@@ -23,7 +23,7 @@ from sqlalchemy import delete
 from sandbox.server import serve_in_thread
 from shared.config import Settings
 from shared.db import session_scope
-from shared.models import Batch, Broadcast, OptOut, Recipient
+from shared.models import ApiKey, AuditEvent, Batch, Broadcast, OptOut, Recipient
 from tests import services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def database_url(request, tmp_path_factory) -> str:
 def db(database_url) -> str:
     """A migrated, empty database for this test."""
     with session_scope(database_url) as session:
-        for model in (Recipient, Batch, Broadcast, OptOut):
+        for model in (Recipient, Batch, Broadcast, OptOut, ApiKey, AuditEvent):
             session.execute(delete(model))
     return database_url
 
@@ -91,9 +91,14 @@ def sandbox_stats(base_url: str) -> dict:
     return requests.get(f"{base_url}/stats", timeout=5).json()
 
 
+# One test key hammers the API far faster than any client should: tests that are not about
+# request limits must never meet them (tests/test_rate_limits.py tests the real defaults).
+UNTHROTTLED = {"api_rate_limit": "1000000/second", "auth_failure_limit": "1000000/minute"}
+
+
 def make_settings(**values) -> Settings:
     """Settings from explicit values only (no `.env`, so a developer's file cannot leak in)."""
-    return Settings(_env_file=None, **values)
+    return Settings(_env_file=None, **{**UNTHROTTLED, **values})
 
 
 @pytest.fixture()
@@ -151,7 +156,10 @@ class CeleryProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", *argv],
             cwd=ROOT,
-            env=settings_env(settings),
+            # Multiprocess metrics as `make run` has them: a directory new with the test's
+            # tmp_path (a test may share one among its processes, as the API and workers do).
+            env={"PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / "prometheus")}
+            | settings_env(settings),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             # Its own process group, so a test can SIGKILL it and all its children at once.

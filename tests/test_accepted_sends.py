@@ -10,6 +10,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from shared.db import get_engine, session_scope
+from shared.logs import json_formatter
 from shared.models import Batch, Recipient
 from tests.conftest import sandbox_stats
 from workers.sending import deliver_batch
@@ -62,12 +63,14 @@ def test_the_write_after_plivo_accepted_is_retried_until_it_lands(settings, batc
     assert len(recorded) == len(NUMBERS)
     stats = sandbox_stats(settings.sandbox_url)
     assert (stats["messages"], stats["duplicates"]) == (len(NUMBERS), 0)
-    # The map was logged before the first write: the record of last resort.
-    accepted = [r for r in caplog.records if r.getMessage().startswith("batch.accepted")]
+    # The map was logged before the first write: the record of last resort, as the JSON
+    # line the worker writes.
+    lines = [json.loads(json_formatter().format(record)) for record in caplog.records]
+    accepted = [line for line in lines if line["event"] == "batch.accepted"]
     assert len(accepted) == 1
-    logged = json.loads(accepted[0].getMessage().split("uuids=", 1)[1])
+    logged = json.loads(accepted[0]["uuids"])
     assert {int(rid): uuid_ for rid, uuid_ in logged.items()} == recorded
-    retries = [r for r in caplog.records if r.getMessage().startswith("batch.record_retry")]
+    retries = [line for line in lines if line["event"] == "batch.record_retry"]
     assert len(retries) == 2
 
 

@@ -293,6 +293,17 @@ def test_show_prints_a_readable_summary_or_the_raw_json(bulksms):
     assert json.loads(raw.stdout)["recipients"]["total"] == 3
 
 
+def test_send_show_and_list_json_print_one_representation(bulksms):
+    sent = json.loads(bulksms("send", "--json", "--text", "Hi", f"--to={NUMBERS[0]}").stdout)
+    shown = json.loads(bulksms("show", sent["id"], "--json").stdout)
+    (listed,) = json.loads(bulksms("list", "--json").stdout)["items"]
+
+    assert list(sent) == list(shown)
+    assert sent["segments"] == shown["segments"] == listed["segments"]
+    assert sent["batches"] == shown["batches"] == {"total": 1, "by_status": {"pending": 1}}
+    assert listed == {key: shown[key] for key in listed}
+
+
 def test_list_shows_the_newest_broadcasts_first_page_by_page(bulksms):
     older = created_id(bulksms, NUMBERS[0], text="older")
     newer = created_id(bulksms, NUMBERS[1], text="newer")
@@ -306,7 +317,7 @@ def test_list_shows_the_newest_broadcasts_first_page_by_page(bulksms):
     cursor = first_page.stdout.split("--cursor")[-1].strip()
     second_page = bulksms("list", "--limit", "1", "--cursor", cursor)
     assert older in second_page.stdout
-    listed = [row["id"] for row in json.loads(everything.stdout)["broadcasts"]]
+    listed = [row["id"] for row in json.loads(everything.stdout)["items"]]
     assert listed == [newer, older]
 
 

@@ -27,6 +27,9 @@ def test_a_killed_worker_loses_nobody_and_texts_nobody_twice(client, settings, s
             "lease_seconds": 10,
             "requeue_after": 4,
             "reconcile_interval": 1,
+            # A batch caught inside its Plivo call is `unknown`, then looked up in Plivo's
+            # message list a second later (the sandbox's list limit is the real 20/min).
+            "unknown_resolve_after": 1,
         }
     )
     first = Worker(paced, tmp_path / "first.log", name="doomed")
@@ -58,13 +61,10 @@ def test_a_killed_worker_loses_nobody_and_texts_nobody_twice(client, settings, s
     with session_scope(paced.database_url) as session:
         rows = session.execute(select(Recipient.phone, Recipient.status)).all()
     sends = sandbox_stats(sandbox)["sends"]
-    lost = [phone for phone, status in rows if status not in ("queued", "unknown")]
+    lost = [phone for phone, status in rows if status != "queued"]
     twice = [number for number, count in sends.items() if count > 1]
     not_sent = [p for p, status in rows if status == "queued" and sends.get(p[1:]) != 1]
-    unknown = [p for p, status in rows if status == "unknown"]
     assert lost == []
     assert twice == []
     assert not_sent == []
-    # Only a batch caught inside its Plivo call can be unknown (two pool processes).
-    assert len(unknown) <= 2000
     assert body["recipients"]["total"] == 10_000

@@ -1,6 +1,7 @@
 """A 5,000-recipient broadcast with Plivo's delivery reports: the sandbox decides each
-outcome and reports it (signed, some twice, some out of order) to the API over HTTP; a
-worker applies them. Every recipient must end as the sandbox decided."""
+outcome and reports it (signed, some twice, some out of order) to the API over HTTP, which
+commits each before its 200; a worker applies them. Every recipient must end as the sandbox
+decided."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from shared.db import session_scope
-from shared.models import Recipient
+from shared.models import DeliveryReport, Recipient
 from tests.conftest import Beat, Worker, sandbox_stats, wait_for
 from tests.services import free_port
 
@@ -26,6 +27,8 @@ def reporting(settings) -> Iterator:
 
     from api import create_app
 
+    with session_scope(settings.database_url) as session:
+        session.execute(delete(DeliveryReport))
     port = free_port()
     public = settings.model_copy(
         update={"public_base_url": f"http://127.0.0.1:{port}", "reconcile_interval": 1}
@@ -97,6 +100,12 @@ def test_every_recipient_ends_as_the_sandbox_decided(reporting, sandbox, tmp_pat
         assert (status, error_code) == (truth["status"], _code(truth["error_code"]))
     assert stats["duplicates"] == 0
     assert stats["callbacks"]["failed"] == 0
+    # Every callback the API acknowledged was kept and applied: none waits, none orphaned.
+    with session_scope(reporting.database_url) as session:
+        kept = session.execute(
+            select(func.count(), func.count(DeliveryReport.applied_at)).select_from(DeliveryReport)
+        ).one()
+    assert kept[0] >= stats["callbacks"]["sent"] and kept[0] == kept[1], (kept, stats["callbacks"])
 
 
 def _code(value) -> str | None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from shared.db import session_scope
 from shared.models import Batch, Broadcast, OptOut, Recipient
@@ -42,7 +42,7 @@ def test_it_accepts_a_broadcast_and_enqueues_one_task_per_batch(client, settings
         "skipped": 0,
         "rejected": 0,
     }
-    assert body["batches"] == 3
+    assert body["batches"] == {"total": 3, "by_status": {"pending": 3}}
     assert body["encoding"] == "GSM"
     assert body["segments"] == {"per_message": 1, "total": 2500}
     assert response.headers["Location"] == f"/v1/broadcasts/{body['id']}"
@@ -240,6 +240,23 @@ def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_broadcas
     assert len(queued_tasks(settings.redis_url)) == 2
 
 
+def test_a_replay_of_a_202_stored_in_the_old_shape_answers_in_todays(client, settings):
+    payload = {"recipients": NUMBERS[:2], "text": "Once only"}
+    first = client.post("/v1/broadcasts", json=payload, headers={"Idempotency-Key": "old"})
+    # As versions before the one representation stored it.
+    old = {"id": first.get_json()["id"], "batches": 1, "send_at": None, "segments": {}}
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Broadcast).values(intake_response=old))
+
+    again = client.post("/v1/broadcasts", json=payload, headers={"Idempotency-Key": "old"})
+
+    assert again.status_code == 202
+    body = again.get_json()
+    assert set(body) == set(first.get_json())
+    assert body["batches"] == {"total": 1, "by_status": {"pending": 1}}
+    assert row_counts(settings.database_url)["broadcasts"] == 1
+
+
 def test_the_same_idempotency_key_with_another_body_is_a_conflict(client, settings):
     client.post(
         "/v1/broadcasts",
@@ -337,5 +354,89 @@ def test_the_api_describes_itself(app):
     assert spec["openapi"].startswith("3.")
     assert "text" in spec["components"]["schemas"]["BroadcastRequest"]["properties"]
     assert {"/v1/broadcasts", "/v1/mms", "/v1/limits"} <= set(spec["paths"])
+    assert "/v1/broadcasts/{broadcast_id}/retry" in spec["paths"]
     page = client.get("/docs").get_data(as_text=True)
-    assert "/v1/broadcasts/{id}/retry" in page
+    assert 'src="/docs/ui/swagger-ui-bundle.js"' in page
+
+
+# One representation.
+
+
+def _shape(value):
+    """A JSON value's type, recursively for objects (lists and free-form maps by kind)."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    return type(value).__name__
+
+
+LIVE = {"updated_at", "rate", "eta_seconds", "waiting_for", "pacing", "reports_due_by"}
+
+
+def test_a_broadcast_reads_the_same_in_the_202_the_get_and_the_list(client):
+    created = client.post(
+        "/v1/broadcasts",
+        json={"recipients": NUMBERS[:3] + ["nope"], "text": "Hi", "skip_invalid": True},
+    )
+    got = client.get(created.headers["Location"]).get_json()
+    (item,) = client.get("/v1/broadcasts").get_json()["items"]
+    posted = created.get_json()
+
+    assert list(posted) == list(got)  # the same fields, in the same order
+    assert {key: posted[key] for key in posted if key not in LIVE} == {
+        key: got[key] for key in got if key not in LIVE
+    }
+    assert posted["segments"] == got["segments"] == {"per_message": 1, "total": 3}
+    assert posted["batches"] == got["batches"] == {"total": 1, "by_status": {"pending": 1}}
+    assert posted["invalid"] == got["invalid"] == [
+        {"index": 3, "value": "nope", "reason": posted["invalid"][0]["reason"]}
+    ]
+    # A list item is the broadcast less what costs a query: same names, same values.
+    assert set(item) < set(got)
+    assert item == {key: got[key] for key in item}
+    assert "send_at" not in posted and posted["scheduled_at"] is None
+
+
+def test_a_scheduled_broadcast_says_scheduled_at_everywhere(client):
+    send_at = "2099-01-31T09:00:00+01:00"
+    created = client.post(
+        "/v1/broadcasts", json={"recipients": NUMBERS[:1], "text": "Later", "send_at": send_at}
+    ).get_json()
+    got = client.get(f"/v1/broadcasts/{created['id']}").get_json()
+    (item,) = client.get("/v1/broadcasts").get_json()["items"]
+
+    expected = "2099-01-31T08:00:00+00:00"
+    assert created["scheduled_at"] == got["scheduled_at"] == item["scheduled_at"] == expected
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/broadcasts",
+        "/v1/broadcasts/{id}/recipients",
+        "/v1/opt-outs",
+        "/v1/keys",
+        "/v1/audit",
+        "/v1/delivery-reports/orphans",
+    ],
+)
+def test_every_list_pages_the_same_way(client, path):
+    client.post("/v1/broadcasts", json={"recipients": NUMBERS[:1], "text": "Hi"})
+    broadcast_id = client.post(
+        "/v1/broadcasts", json={"recipients": NUMBERS[:3], "text": "Hi"}
+    ).get_json()["id"]
+    client.post("/v1/opt-outs", json={"phones": NUMBERS[10:13]})
+    client.post("/v1/keys", json={"name": "a", "scopes": ["read"]})
+    client.post("/v1/keys", json={"name": "b", "scopes": ["read"]})
+    client.put("/v1/limits", json={"sms_mps": 5})
+    client.put("/v1/limits", json={"sms_mps": 6})
+    url = path.replace("{id}", broadcast_id)
+
+    first = client.get(url, query_string={"limit": 1}).get_json()
+    second = client.get(url, query_string={"limit": 1, "cursor": first["next_cursor"]})
+
+    assert set(first) - {"count"} == {"items", "next_cursor"}  # orphans also count them all
+    if path != "/v1/delivery-reports/orphans":
+        assert len(first["items"]) == 1 and first["next_cursor"]
+        assert second.status_code == 200
+        assert second.get_json()["items"] and second.get_json()["items"] != first["items"]
+    assert client.get(url, query_string={"cursor": ""}).status_code == 400

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 import pytest
 import redis
+from sqlalchemy import select, update
 
+from shared.db import session_scope
+from shared.models import Batch, utcnow
 from workers.pacing import Pacer
 
 
@@ -28,10 +34,47 @@ def test_a_change_reaches_the_next_reservation(client, settings):
 
     pacer = Pacer.for_settings(settings)
     assert pacer.reserve("sms", "+14155550000", 1).mps == 4
-    assert pacer.reserve("mms", "+14155550000", 1).mps == 1
+    # The sender's own MMS limit holds together with the account's (0.25): the tighter wins.
+    mms = pacer.reserve("mms", "+14155550000", 1)
+    assert (mms.sender_mps, mms.account_mps, mms.mps) == (1, 0.25, 0.25)
 
     client.put("/v1/limits", json={"sms_mps": None})
     assert pacer.reserve("sms", "+14155550000", 1).mps == 100_000
+
+
+def test_a_change_wakes_the_batches_waiting_unbooked(client, settings):
+    numbers = [f"+1415555{n:04d}" for n in range(1, 4)]  # real US numbers, for the MMS
+
+    def create(path: str, **body) -> uuid.UUID:
+        response = client.post(path, json={"recipients": numbers, **body})
+        assert response.status_code == 202, response.get_json()
+        return uuid.UUID(response.get_json()["id"])
+
+    booked = create("/v1/broadcasts", text="Booked")
+    waiting = create("/v1/broadcasts", text="Waiting")
+    mms = create("/v1/mms", media_urls=["https://example.com/a.png"])
+    later = utcnow() + timedelta(minutes=5)
+    with session_scope(settings.database_url) as session:
+        # All wait for a slot: one has booked it, the others only hold an estimate.
+        session.execute(update(Batch).values(not_before=later, enqueued_at=utcnow()))
+        session.execute(update(Batch).where(Batch.broadcast_id == booked).values(slot_at=later))
+
+    assert client.put("/v1/limits", json={"sms_mps": 50}).status_code == 200
+
+    def due(broadcast_id: uuid.UUID) -> set:
+        with session_scope(settings.database_url) as session:
+            rows = session.execute(
+                select(Batch.not_before, Batch.enqueued_at).where(
+                    Batch.broadcast_id == broadcast_id
+                )
+            ).all()
+        return {(not_before is None, enqueued_at is None) for not_before, enqueued_at in rows}
+
+    # The unbooked SMS batch is due at once and left for the reconciler to send to book
+    # again; the booked one keeps its slot; MMS limits did not change.
+    assert due(waiting) == {(True, True)}
+    assert due(booked) == {(False, False)}
+    assert due(mms) == {(False, False)}
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ def test_broadcasts_are_listed_newest_first_in_pages(client):
     second = client.get(f"/v1/broadcasts?limit=2&cursor={first['next_cursor']}").get_json()
     third = client.get(f"/v1/broadcasts?limit=2&cursor={second['next_cursor']}").get_json()
 
-    listed = [b["id"] for page in (first, second, third) for b in page["broadcasts"]]
+    listed = [b["id"] for page in (first, second, third) for b in page["items"]]
     assert listed == list(reversed(ids))
     assert third["next_cursor"] is None
 
@@ -53,11 +53,11 @@ def test_broadcasts_can_be_filtered_by_status_and_time(client):
     other = create(client, 1)
     client.post(f"/v1/broadcasts/{other}/cancel")
 
-    queued = client.get("/v1/broadcasts?status=queued").get_json()["broadcasts"]
+    queued = client.get("/v1/broadcasts?status=queued").get_json()["items"]
     assert [b["id"] for b in queued] == [kept]
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     response = client.get("/v1/broadcasts", query_string={"created_after": future})
-    assert response.get_json()["broadcasts"] == []
+    assert response.get_json()["items"] == []
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=x", "cursor=nonsense", "created_after=x"])
@@ -90,9 +90,9 @@ def test_recipients_are_paged_and_filtered_by_status(client, settings):
     rest = client.get(f"{url}?limit=10&cursor={page['next_cursor']}").get_json()
     failed = client.get(f"{url}?status=failed").get_json()
 
-    assert [r["phone"] for r in page["recipients"] + rest["recipients"]] == NUMBERS[:5]
-    assert [r["phone"] for r in failed["recipients"]] == [NUMBERS[1]]
-    assert failed["recipients"][0]["status"] == "failed"
+    assert [r["phone"] for r in page["items"] + rest["items"]] == NUMBERS[:5]
+    assert [r["phone"] for r in failed["items"]] == [NUMBERS[1]]
+    assert failed["items"][0]["status"] == "failed"
 
 
 def test_recipients_of_an_unknown_broadcast_are_404(client):
@@ -160,7 +160,7 @@ def test_pause_and_resume_are_safe_to_call_twice(client):
         assert client.post(f"/v1/broadcasts/{broadcast_id}/pause").get_json()["status"] == "paused"
     statuses = [client.post(f"/v1/broadcasts/{broadcast_id}/resume").get_json() for _ in "ab"]
     assert [s["status"] for s in statuses] == ["queued", "queued"]
-    assert [s["batches"] for s in statuses] == [1, 0]
+    assert [s["batches_enqueued"] for s in statuses] == [1, 0]
 
 
 def test_cancel_skips_whats_left_and_is_safe_twice(client, settings):

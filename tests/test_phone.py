@@ -58,3 +58,25 @@ def test_the_fast_path_agrees_with_the_parser():
         except InvalidNumber:
             slow = None
         assert fast == slow, value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "+1415555ABCD",  # phonenumbers would text +14155552223
+        "+1 800 FLOWERS",
+        "+１４１５５５５０１００",  # full-width digits
+        "+1４１５５５５０１００",  # full-width after a real country code (the fast path's \d)
+        "+1 415 555 0100 ext. 7",
+        "+1/415/555/0100",
+        "+1\u00a0415 555 0100",  # no-break space
+    ],
+)
+def test_it_refuses_anything_but_ascii_digits_and_plain_separators(value):
+    with pytest.raises(InvalidNumber, match="only digits"):
+        normalise(value)
+
+
+def test_letters_are_refused_with_a_default_region_too():
+    with pytest.raises(InvalidNumber, match="only digits"):
+        normalise("1-800-FLOWERS", "US")

@@ -100,7 +100,14 @@ def test_a_stale_submission_becomes_unknown_and_is_never_resent(settings, broadc
 
     assert reconcile(settings)["unknown"] == 1
     with session_scope(settings.database_url) as session:
-        assert session.get(Batch, first).status == "unknown"
+        row = session.get(Batch, first)
+        assert row.status == "unknown"
+        # Looked up in Plivo's message list once the attempt is old enough.
+        assert row.submitting_at is not None
+        assert row.resolve_after >= utcnow() + timedelta(
+            seconds=settings.unknown_resolve_after - 5
+        )
+        assert row.resolved_at is None
         unknown = session.scalars(
             select(Recipient.error_reason).where(Recipient.batch_id == first)
         ).all()
@@ -117,7 +124,8 @@ def test_a_stale_submission_becomes_unknown_and_is_never_resent(settings, broadc
 
 
 def test_it_completes_a_broadcast_whose_batches_are_all_final(settings, broadcast):
-    set_batches(settings.database_url, status="unknown")
+    # `unknown` and resolved: Plivo could not be asked, for good.
+    set_batches(settings.database_url, status="unknown", resolved_at=utcnow())
     with session_scope(settings.database_url) as session:
         session.execute(update(Broadcast).values(status="sending"))
         session.execute(update(Recipient).values(status="unknown"))
@@ -126,3 +134,16 @@ def test_it_completes_a_broadcast_whose_batches_are_all_final(settings, broadcas
 
     with session_scope(settings.database_url) as session:
         assert session.scalar(select(Broadcast.status)) == "completed_with_failures"
+
+
+def test_an_unknown_batch_still_to_be_resolved_keeps_its_broadcast_open(settings, broadcast):
+    # Its resolution may find it unsent and hand it back to `pending`.
+    set_batches(settings.database_url, status="unknown")
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Broadcast).values(status="sending"))
+        session.execute(update(Recipient).values(status="unknown"))
+
+    reconcile(settings)
+
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(Broadcast.status)) == "sending"

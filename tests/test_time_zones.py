@@ -43,7 +43,7 @@ def test_created_after_with_an_offset_filters_by_the_instant(client, settings):
     def listed(after: datetime) -> list[str]:
         page = client.get("/v1/broadcasts", query_string={"created_after": after.isoformat()})
         assert page.status_code == 200
-        return [item["id"] for item in page.get_json()["broadcasts"]]
+        return [item["id"] for item in page.get_json()["items"]]
 
     # One hour before creation, written in UTC-5: the broadcast is after it.
     assert listed((created - timedelta(hours=1)).astimezone(EASTERN)) == [str(broadcast_id)]

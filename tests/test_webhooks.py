@@ -9,13 +9,13 @@ import hmac
 import uuid
 
 import pytest
-import redis
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 
 from shared.config import SANDBOX_AUTH_TOKEN
 from shared.db import session_scope
-from shared.models import Batch, Broadcast, InboundMessage, OptOut, Recipient
-from shared.status_events import STREAM
+from shared.models import Batch, Broadcast, DeliveryReport, InboundMessage, OptOut, Recipient
+from tests.conftest import wait_for
+from tests.services import free_port
 from workers.delivery_reports import drain
 
 PUBLIC = "https://hooks.example.com"
@@ -52,7 +52,8 @@ def signed_headers(url, params, token=SANDBOX_AUTH_TOKEN, nonce=None) -> dict[st
 
 @pytest.fixture()
 def public_settings(settings):
-    redis.Redis.from_url(settings.redis_url).delete(STREAM)
+    with session_scope(settings.database_url) as session:
+        session.execute(delete(DeliveryReport))
     return settings.model_copy(update={"public_base_url": PUBLIC})
 
 
@@ -68,16 +69,20 @@ def post_status(hooks, params, **signing):
     return hooks.post("/webhooks/plivo/status", data=params, headers=headers)
 
 
-def stream_length(settings) -> int:
-    return redis.Redis.from_url(settings.redis_url).xlen(STREAM)
+def stored_reports(settings) -> int:
+    with session_scope(settings.database_url) as session:
+        return session.scalar(select(func.count()).select_from(DeliveryReport))
 
 
 REPORT = {"MessageUUID": "m-1", "Status": "delivered", "To": "14155550101", "Sequence": "3"}
 
 
-def test_a_signed_report_is_buffered_and_answered_200(hooks, public_settings):
-    assert post_status(hooks, REPORT).status_code == 200
-    assert stream_length(public_settings) == 1
+def test_a_signed_report_is_committed_before_its_200(hooks, public_settings):
+    assert post_status(hooks, REPORT, nonce="n-stored").status_code == 200
+    with session_scope(public_settings.database_url) as session:
+        row = session.scalar(select(DeliveryReport))
+    assert (row.nonce, row.message_uuid, row.params) == ("n-stored", "m-1", REPORT)
+    assert row.applied_at is None
 
 
 @pytest.mark.parametrize(
@@ -93,16 +98,38 @@ def test_a_signed_report_is_buffered_and_answered_200(hooks, public_settings):
 def test_a_bad_or_missing_signature_is_403_and_nothing_is_recorded(hooks, public_settings, headers):
     response = hooks.post("/webhooks/plivo/status", data=REPORT, headers=headers)
     assert response.status_code == 403
-    assert stream_length(public_settings) == 0
+    assert stored_reports(public_settings) == 0
 
 
 def test_a_replayed_signature_is_refused(hooks, public_settings):
     assert post_status(hooks, REPORT, nonce="once").status_code == 200
     assert post_status(hooks, REPORT, nonce="once").status_code == 403
-    assert stream_length(public_settings) == 1
+    assert stored_reports(public_settings) == 1
 
 
-def test_v2_signatures_are_accepted_too(hooks, public_settings):
+def test_a_replay_is_refused_after_the_report_was_applied(hooks, public_settings):
+    assert post_status(hooks, REPORT, nonce="applied-once").status_code == 200
+    drain(public_settings)
+    assert post_status(hooks, REPORT, nonce="applied-once").status_code == 403
+    assert stored_reports(public_settings) == 1
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {**REPORT, "MessageUUID": "u" * 65},  # longer than any Plivo uuid (and the column)
+        {**REPORT, "Status": ""},
+        {"Status": "sent"},
+    ],
+)
+def test_a_malformed_report_is_400_and_nothing_is_recorded(hooks, public_settings, params):
+    assert post_status(hooks, params).status_code == 400
+    assert stored_reports(public_settings) == 0
+
+
+def test_v2_signatures_are_accepted_only_when_enabled(hooks, public_settings):
+    from api import create_app
+
     nonce = "v2nonce"
     digest = hmac.new(
         SANDBOX_AUTH_TOKEN.encode(), (STATUS_URL + nonce).encode(), hashlib.sha256
@@ -111,7 +138,13 @@ def test_v2_signatures_are_accepted_too(hooks, public_settings):
         "X-Plivo-Signature-V2": base64.b64encode(digest).decode(),
         "X-Plivo-Signature-V2-Nonce": nonce,
     }
-    assert hooks.post("/webhooks/plivo/status", data=REPORT, headers=headers).status_code == 200
+    # V2 signs no form fields (PLIVO_ACCEPT_V2_SIGNATURES; tests/test_hardening.py).
+    assert hooks.post("/webhooks/plivo/status", data=REPORT, headers=headers).status_code == 403
+    enabled = public_settings.model_copy(update={"plivo_accept_v2_signatures": True})
+    response = create_app(enabled).test_client().post(
+        "/webhooks/plivo/status", data=REPORT, headers=headers
+    )
+    assert response.status_code == 200
 
 
 def test_without_a_public_base_url_the_request_url_is_used(client, settings):
@@ -120,13 +153,25 @@ def test_without_a_public_base_url_the_request_url_is_used(client, settings):
     assert client.post("/webhooks/plivo/status", data=params, headers=headers).status_code == 200
 
 
-def test_the_buffer_being_down_is_a_503_so_plivo_retries(public_settings):
+def test_the_database_being_down_is_a_503_so_plivo_retries(public_settings, tmp_path):
     from api import create_app
-    from tests.services import free_port
+
+    if public_settings.database_url.startswith("sqlite"):
+        down = f"sqlite:///{tmp_path / 'never-migrated.db'}"  # no table to write to
+    else:
+        down = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"  # nobody listens
+    app = create_app(public_settings.model_copy(update={"database_url": down}))
+    response = post_status(app.test_client(), REPORT)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+
+
+def test_reports_need_no_redis(public_settings):
+    from api import create_app
 
     down = public_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
-    response = post_status(create_app(down).test_client(), REPORT)
-    assert response.status_code == 503
+    assert post_status(create_app(down).test_client(), REPORT).status_code == 200
+    assert stored_reports(public_settings) == 1
 
 
 # Applying reports: a broadcast whose recipients Plivo has accepted.
@@ -192,7 +237,7 @@ def test_out_of_order_reports_in_one_pass_keep_the_furthest(hooks, public_settin
         report("u-1", "delivered", 3),
     )
     assert recipient(public_settings, "u-1").status == "delivered"
-    assert counts == {"reports": 3, "applied": 1, "unknown_uuid": 0}
+    assert (counts["reports"], counts["applied"], counts["waiting"]) == (3, 1, 0)
 
 
 def test_a_final_status_is_never_replaced(hooks, public_settings, accepted):
@@ -211,10 +256,39 @@ def test_error_200_adds_the_number_to_the_opt_out_list(hooks, public_settings, a
     assert recipient(public_settings, "u-0").status == "failed"
 
 
-def test_an_unknown_uuid_is_acknowledged_and_counted(hooks, public_settings, accepted):
-    counts = send_and_apply(hooks, public_settings, {"MessageUUID": "nope", "Status": "sent"})
-    assert counts["unknown_uuid"] == 1
-    assert stream_length(public_settings) == 0
+def unapplied(settings) -> list[DeliveryReport]:
+    with session_scope(settings.database_url) as session:
+        return list(
+            session.scalars(select(DeliveryReport).where(DeliveryReport.applied_at.is_(None)))
+        )
+
+
+def test_a_report_before_its_uuid_waits_and_is_applied_once_the_uuid_is_recorded(
+    hooks, public_settings, accepted
+):
+    with session_scope(public_settings.database_url) as session:
+        session.execute(
+            update(Recipient).where(Recipient.message_uuid == "u-2").values(message_uuid=None)
+        )
+    counts = send_and_apply(hooks, public_settings, report("u-2", "delivered", 3))
+    assert (counts["applied"], counts["waiting"]) == (0, 1)
+    assert [row.message_uuid for row in unapplied(public_settings)] == ["u-2"]
+
+    # The worker's write of the uuid lands (it lost the race with Plivo's callback).
+    with session_scope(public_settings.database_url) as session:
+        session.execute(
+            update(Recipient).where(Recipient.phone == NUMBERS[2]).values(message_uuid="u-2")
+        )
+    wait_for(lambda: drain(public_settings)["applied"], timeout=15, interval=0.5)
+    assert recipient(public_settings, "u-2").status == "delivered"
+    assert unapplied(public_settings) == []
+
+
+def test_a_status_we_do_not_track_is_consumed_without_change(hooks, public_settings, accepted):
+    counts = send_and_apply(hooks, public_settings, report("u-0", "read", 5))
+    assert (counts["reports"], counts["applied"], counts["waiting"]) == (1, 0, 0)
+    assert recipient(public_settings, "u-0").status == "queued"
+    assert unapplied(public_settings) == []
 
 
 def test_the_broadcast_completes_when_every_recipient_is_final(hooks, public_settings, accepted):

@@ -2,8 +2,9 @@
 
 import logging
 
-from celery.signals import worker_ready
+from celery.signals import task_postrun, worker_process_shutdown, worker_ready
 
+from shared import metrics
 from shared.config import get_settings
 from shared.logs import log_event
 from shared.taskqueue import celery_app
@@ -16,6 +17,10 @@ from workers import (  # noqa: F401  (importing registers the tasks)
 
 app = celery_app
 log = logging.getLogger("workers")
+
+# Each send task's outcome counted in Prometheus; a pool process's files let go as it exits.
+task_postrun.connect(metrics.count_batch_task)
+worker_process_shutdown.connect(metrics.forget_process)
 
 
 @worker_ready.connect

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, exists, select, text, update
+from sqlalchemy import and_, bindparam, exists, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import chunked, is_postgres
@@ -33,9 +33,12 @@ class Job:
     sender: str
     text: str | None
     recipients: dict[str, int]  # E.164 → recipient id
-    slot: datetime | None = None  # reserved send time, when an earlier attempt booked one
+    slot: datetime | None = None  # booked send time, when an earlier attempt booked one
     kind: str = "sms"
     media: dict | None = None
+    priority: str = "normal"
+    # This attempt's own booking on the pacing timelines, given back if it stands down.
+    booking: str | None = None
 
 
 def _broadcast_sendable():
@@ -104,7 +107,8 @@ def load_job(session: Session, batch_id: int) -> Job:
             RecipientStatus.SKIPPED,
             reason="opted out",
         )
-    slot = as_utc(batch.not_before) if batch.not_before else None
+    # Only a booked slot is kept: `not_before` alone is an unbooked batch's estimate.
+    slot = as_utc(batch.slot_at) if batch.slot_at else None
     return Job(
         broadcast.id,
         broadcast.sender,
@@ -113,17 +117,24 @@ def load_job(session: Session, batch_id: int) -> Job:
         slot,
         broadcast.kind,
         broadcast.media,
+        broadcast.priority,
     )
 
 
 def mark_submitting(session: Session, batch_id: int, token: str, lease: timedelta) -> bool:
     """Committed just before the Plivo call: a batch found here after its lease is
-    ambiguous (the call may have reached Plivo) and is never re-sent automatically."""
+    ambiguous (the call may have reached Plivo) and is never re-sent automatically.
+    `submitting_at` is the window an ambiguous attempt is looked up in at Plivo."""
     now = utcnow()
     result = session.execute(
         _fenced(batch_id, token)
         .where(Batch.status == BatchStatus.CLAIMED, _broadcast_sendable())
-        .values(status=BatchStatus.SUBMITTING, lease_expires_at=now + lease, updated_at=now)
+        .values(
+            status=BatchStatus.SUBMITTING,
+            lease_expires_at=now + lease,
+            submitting_at=now,
+            updated_at=now,
+        )
     )
     return result.rowcount == 1
 
@@ -152,16 +163,19 @@ def release(
     not_before: datetime | None,
     enqueued: bool,
     error: str | None = None,
+    slot_at: datetime | None = None,
 ) -> bool:
     """Hand the batch back to `pending`: to wait for its slot, or after a failure that
     proves nothing was sent. `enqueued` says whether the caller is about to enqueue a task
-    for it; if not, the reconciler will once it is due."""
+    for it; if not, the reconciler will once it is due. `slot_at` is the slot it keeps
+    booked (None: it books again), `not_before` when it may be claimed again."""
     now = utcnow()
     values = {
         "status": BatchStatus.PENDING,
         "claim_token": None,
         "lease_expires_at": None,
         "not_before": not_before,
+        "slot_at": slot_at,
         "enqueued_at": now if enqueued else None,
         "updated_at": now,
     }
@@ -173,6 +187,44 @@ def release(
         .values(**values)
     )
     return result.rowcount == 1
+
+
+def hand_back(
+    session: Session,
+    batch_id: int,
+    token: str,
+    broadcast_id: uuid.UUID,
+    *,
+    not_before: datetime,
+    slot_at: datetime | None,
+    enqueued: bool,
+) -> tuple[bool, bool]:
+    """`release` for a batch that waits for its slot; returns (released, still sendable).
+    A pause or cancel gives back the slots of its waiting batches (shared/lifecycle.py):
+    the broadcast's row is read FOR SHARE before (their lock order) and again after the
+    release (SQLite locks at the first write), so either the pause sees this batch's slot
+    or this sees the pause. Stopped, the batch keeps nothing (the caller gives it back)."""
+    session.scalar(
+        select(Broadcast.status).where(Broadcast.id == broadcast_id).with_for_update(read=True)
+    )
+    released = release(
+        session, batch_id, token, not_before=not_before, slot_at=slot_at, enqueued=enqueued
+    )
+    status = session.scalar(select(Broadcast.status).where(Broadcast.id == broadcast_id))
+    sendable = status in BroadcastStatus.SENDABLE
+    if released and not sendable:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.status == BatchStatus.PENDING)
+            .values(not_before=None, slot_at=None, enqueued_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    return released, sendable
+
+
+def holds_claim(session: Session, batch_id: int, token: str) -> bool:
+    """Whether this attempt still holds the batch (nobody released or took it meanwhile)."""
+    return session.scalar(select(Batch.claim_token).where(Batch.id == batch_id)) == token
 
 
 def mark_not_enqueued(session: Session, batch_ids: list[int]) -> None:
@@ -222,14 +274,32 @@ def record_failure(
     batch_status: str,
     recipient_status: str,
     error: str,
+    resolve_after: datetime | None = None,
 ) -> None:
     """A final failed attempt (`failed` or `unknown`): the error is kept on the batch and on
-    each of its still-pending recipients, for operators to read and retry."""
+    each of its still-pending recipients, for operators to read and retry. An `unknown`
+    batch is looked up at Plivo from `resolve_after` on (workers/resolution.py, which also
+    waits until the attempt is UNKNOWN_RESOLVE_AFTER old)."""
     now = utcnow()
+    values = {
+        "status": batch_status,
+        "last_error": error[:2000],
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    if batch_status == BatchStatus.UNKNOWN:
+        # A fresh ambiguous attempt (maybe of a batch resolved and re-sent before) starts
+        # its own resolution.
+        values |= {
+            "resolve_after": resolve_after or now,
+            "resolve_attempts": 0,
+            "resolved_at": None,
+            "resolution": None,
+        }
     changed = session.execute(
         _fenced(batch_id, token)
         .where(Batch.status.in_((BatchStatus.CLAIMED, BatchStatus.SUBMITTING)))
-        .values(status=batch_status, last_error=error[:2000], lease_expires_at=None, updated_at=now)
+        .values(**values)
     ).rowcount
     if changed:
         ids = session.scalars(
@@ -252,8 +322,10 @@ def pause_broadcast(session: Session, broadcast_id: uuid.UUID, reason: str) -> N
 def finish_broadcast_if_done(
     session: Session, broadcast_id: uuid.UUID, await_reports: bool
 ) -> str | None:
-    """When no batch is left to send (and, when Plivo reports delivery to us, no recipient
-    is still waiting for its report), the broadcast is completed, with failures if any."""
+    """When no batch is left to send or to resolve (and, when Plivo reports delivery to us,
+    no recipient is still waiting for its report), the broadcast is completed, with
+    failures if any. A recipient the status sweep looked up at Plivo waits no more, even if
+    Plivo only says `sent` ("sent, no delivery report")."""
     if _has_open_batch(session, broadcast_id):
         return None
     # An operator's retry may be committing new batches right now: take the broadcast's row
@@ -264,7 +336,7 @@ def finish_broadcast_if_done(
     if _has_open_batch(session, broadcast_id):
         return None
     waiting = (RecipientStatus.PENDING, RecipientStatus.QUEUED, RecipientStatus.SENT)
-    if await_reports and _any_recipient_in(session, broadcast_id, waiting):
+    if await_reports and _any_recipient_in(session, broadcast_id, waiting, unchecked=True):
         return None
     bad = _any_recipient_in(session, broadcast_id, RecipientStatus.FAILURES)
     status = BroadcastStatus.COMPLETED_WITH_FAILURES if bad else BroadcastStatus.COMPLETED
@@ -285,8 +357,14 @@ def finish_broadcast_if_done(
 
 
 def _open_batch_exists(broadcast_id: uuid.UUID):
+    # An `unknown` batch not yet resolved is open: its resolution may find it unsent and
+    # hand it back to `pending`, which a completed broadcast would never claim.
     return exists().where(
-        Batch.broadcast_id == broadcast_id, Batch.status.not_in(BatchStatus.FINAL)
+        Batch.broadcast_id == broadcast_id,
+        or_(
+            Batch.status.not_in(BatchStatus.FINAL),
+            and_(Batch.status == BatchStatus.UNKNOWN, Batch.resolved_at.is_(None)),
+        ),
     )
 
 
@@ -294,14 +372,16 @@ def _has_open_batch(session: Session, broadcast_id: uuid.UUID) -> bool:
     return session.scalar(select(_open_batch_exists(broadcast_id)))
 
 
-def _any_recipient_in(session: Session, broadcast_id: uuid.UUID, statuses) -> bool:
+def _any_recipient_in(
+    session: Session, broadcast_id: uuid.UUID, statuses, unchecked: bool = False
+) -> bool:
+    """`unchecked`: only recipients the status sweep has not looked up at Plivo yet."""
     # EXISTS on (broadcast_id, status) stays cheap for 100k recipients; the applier asks
     # after every bulk of delivery reports.
-    return session.scalar(
-        select(
-            exists().where(Recipient.broadcast_id == broadcast_id, Recipient.status.in_(statuses))
-        )
-    )
+    condition = [Recipient.broadcast_id == broadcast_id, Recipient.status.in_(statuses)]
+    if unchecked:
+        condition.append(Recipient.report_checked_at.is_(None))
+    return session.scalar(select(exists().where(*condition)))
 
 
 def _set_status(session: Session, ids: list[int], status: str, reason: str | None) -> None:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import lifecycle
+from shared import lifecycle, metrics
 from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.logs import log_event
@@ -21,13 +21,15 @@ from shared.taskqueue import (
     MAINTENANCE_QUEUE,
     NOTIFY_COMPLETION,
     RECONCILE,
+    RESOLVE_UNKNOWN,
+    SWEEP_REPORTS,
     WEBHOOKS_QUEUE,
     EnqueueError,
     celery_app,
     enqueue_batches,
     enqueue_tasks,
 )
-from workers import batches
+from workers import batches, report_sweep, resolution
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,11 @@ def release_expired_claims(session: Session) -> int:
     ).rowcount
 
 
-def expire_stale_submissions(session: Session) -> int:
+def expire_stale_submissions(session: Session, settings: Settings) -> int:
     """A batch still `submitting` after its lease may have reached Plivo: `unknown`, never
-    re-sent automatically."""
+    re-sent blindly; it is looked up in Plivo's message list UNKNOWN_RESOLVE_AFTER later."""
     now = utcnow()
+    resolve_after = now + timedelta(seconds=settings.unknown_resolve_after)
     stale = session.execute(
         select(Batch.id, Batch.claim_token).where(
             Batch.status == BatchStatus.SUBMITTING, Batch.lease_expires_at < now
@@ -66,7 +69,13 @@ def expire_stale_submissions(session: Session) -> int:
     ).all()
     for batch_id, token in stale:
         batches.record_failure(
-            session, batch_id, token, BatchStatus.UNKNOWN, RecipientStatus.UNKNOWN, AMBIGUOUS_REASON
+            session,
+            batch_id,
+            token,
+            BatchStatus.UNKNOWN,
+            RecipientStatus.UNKNOWN,
+            AMBIGUOUS_REASON,
+            resolve_after=resolve_after,
         )
     return len(stale)
 
@@ -108,8 +117,15 @@ def claim_due_batches(
 def complete_finished_broadcasts(session: Session, await_reports: bool) -> int:
     """Broadcasts whose batches are all final (e.g. the last one ended `unknown` by the
     reconciler) are completed here; workers complete the rest as they finish."""
+    # An `unknown` batch still being resolved keeps its broadcast open (batches.py).
     open_batch = exists().where(
-        and_(Batch.broadcast_id == Broadcast.id, Batch.status.not_in(BatchStatus.FINAL))
+        and_(
+            Batch.broadcast_id == Broadcast.id,
+            or_(
+                Batch.status.not_in(BatchStatus.FINAL),
+                and_(Batch.status == BatchStatus.UNKNOWN, Batch.resolved_at.is_(None)),
+            ),
+        )
     )
     candidates = session.scalars(
         select(Broadcast.id).where(Broadcast.status.in_(BroadcastStatus.SENDABLE), ~open_batch)
@@ -165,7 +181,7 @@ def reconcile(settings: Settings) -> dict[str, int]:
     with session_scope(settings.database_url) as session:
         started = lifecycle.start_due(session)
         released = release_expired_claims(session)
-        unknown = expire_stale_submissions(session)
+        unknown = expire_stale_submissions(session, settings)
         sweep_cancelled_broadcasts(session)
     with session_scope(settings.database_url) as session:
         due = claim_due_batches(session, settings)
@@ -199,6 +215,7 @@ def reconcile(settings: Settings) -> dict[str, int]:
         "enqueued": enqueued,
         "notices": len(notices),
     }
+    metrics.reconcile_pass(counts)
     if any(counts.values()):
         log_event(log, "reconcile", **counts)
     counts["checked_broadcasts"] = completed
@@ -208,3 +225,16 @@ def reconcile(settings: Settings) -> dict[str, int]:
 @celery_app.task(name=RECONCILE, queue=MAINTENANCE_QUEUE, ignore_result=True)
 def reconcile_task() -> dict[str, int]:
     return reconcile(get_settings())
+
+
+# The passes that ask Plivo run as their own tasks, so a reconcile pass stays a few cheap
+# queries: the status sweep (Message Get) and the resolution of `unknown` batches (Message
+# list), each bounded to a few seconds and paced through the account's limiters.
+@celery_app.task(name=SWEEP_REPORTS, queue=MAINTENANCE_QUEUE, ignore_result=True)
+def sweep_reports_task() -> dict[str, int]:
+    return report_sweep.sweep(get_settings())
+
+
+@celery_app.task(name=RESOLVE_UNKNOWN, queue=MAINTENANCE_QUEUE, ignore_result=True)
+def resolve_unknown_task() -> dict[str, int]:
+    return resolution.resolve(get_settings())

@@ -11,6 +11,7 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from shared import metrics
 from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.logs import log_event
@@ -25,26 +26,27 @@ from shared.taskqueue import (
     celery_app,
     enqueue_batches,
 )
+from shared.timelines import booking_member, give_back, leave_line
 from workers import batches
 from workers.pacing import Pacer
 
 log = logging.getLogger(__name__)
+
+SLEEP_SLACK = 0.25
 
 _settings = get_settings()
 
 
 def per_worker_rate(mps: float, batch_size: int) -> str | None:
     """Celery's rate_limit counts tasks per worker process, so it cannot be the real limit
-    (N workers would send N times it). With global pacing on it stays as a coarse guard
-    against a pacing bug, at ten times the batch rate the MPS allows (a batch may run more
-    than once while it waits); with it off, it is all there is (the naive setup)."""
-    if not mps:
+    (N workers would send N times it): without global pacing it is all there is (the naive
+    setup, for bench/pacing.py). With global pacing there is none: a batch's task runs
+    several times while it waits its turn in its sender's line, and a task Celery holds
+    back for its rate limit still fills the worker's prefetch window, so the worker stops
+    taking tasks (measured: about one a second) and every batch's turn comes late."""
+    if not mps or _settings.global_pacing:
         return None
-    factor = 10 if _settings.global_pacing else 1
-    tasks_per_minute = factor * mps * 60 / batch_size
-    if _settings.global_pacing:
-        tasks_per_minute = max(tasks_per_minute, 60)
-    return f"{tasks_per_minute:.6g}/m"
+    return f"{mps * 60 / batch_size:.6g}/m"
 
 
 class RetryLater(Exception):
@@ -118,11 +120,16 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
             return {"batch_id": batch_id, "outcome": "deferred", "wait": round(wait, 3)}
 
     with session_scope(url) as session:
-        if not batches.mark_submitting(session, batch_id, token, lease):
+        submitting = batches.mark_submitting(session, batch_id, token, lease)
+        if not submitting:
             # Paused or cancelled meanwhile (nothing is sent), or our lease was released.
+            owned = batches.holds_claim(session, batch_id, token)
             outcome = batches.stand_down(session, batch_id, token) or "lost_claim"
-            log_event(log, "batch.stood_down", batch_id=batch_id, outcome=outcome)
-            return {"batch_id": batch_id, "outcome": outcome}
+    if not submitting:
+        # Committed: nothing will be sent at this batch's slot, so the sender gets it back.
+        _give_back_booking(settings, batch_id, job, owned)
+        log_event(log, "batch.stood_down", batch_id=batch_id, outcome=outcome)
+        return {"batch_id": batch_id, "outcome": outcome}
     # The session is closed before the slow HTTP call so no connection or lock is held
     # while Plivo answers.
     if not job.recipients:
@@ -142,6 +149,7 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
         except PlivoError as error:
             return _handle_error(settings, attempt, batch_id, token, job, error)
     _record_accepted(settings, batch_id, token, job, result)
+    metrics.messages_sent(len(result.uuids), len(result.invalid))
     with session_scope(url) as session:
         batches.finish_broadcast_if_done(
             session, job.broadcast_id, settings.status_callback_url is not None
@@ -192,17 +200,39 @@ def _record_accepted(settings: Settings, batch_id: int, token: str, job, result)
 
 
 def _wait_for_slot(settings: Settings, batch_id: int, token: str, job) -> float | None:
-    """Sleep until the batch's slot when it is close; otherwise hand the batch back with its
-    slot kept and return the wait (a countdown task, or the reconciler once it is due)."""
+    """Sleep until the batch's slot when it is close and return None (send now). Otherwise
+    hand the batch back and return the wait: booked, it keeps its slot and a countdown task
+    comes back for it; not booked (its slot would be past the horizon, or others are ahead
+    in its sender's line), it keeps nothing, and its `not_before` says when to try again."""
     # Built per call (cheap: the Redis pool is shared), so it always uses these settings.
     pacer = Pacer.for_settings(settings)
-    if job.slot is None:
-        reservation = pacer.reserve(job.kind, job.sender, len(job.recipients))
-        slot, wait = reservation.slot, reservation.delay
-    else:
+    now = pacer.server_time()
+    # A slot missed by more than the lead (its task came late: workers busy, the broker's
+    # queue long, a crashed worker's lease ran out) is not used: sent now, the batch would
+    # bunch up with the ones booked after it, faster than the limit. It books afresh.
+    if job.slot is not None and job.slot.timestamp() >= now - settings.pacing_lead:
         slot = job.slot.timestamp()
-        wait = slot - pacer.server_time()
-    if wait <= settings.pacing_max_sleep:
+        wait = slot - now
+    else:
+        reservation = pacer.reserve(
+            job.kind,
+            job.sender,
+            len(job.recipients),
+            batch_id=batch_id,
+            broadcast_id=job.broadcast_id,
+            priority=job.priority,
+            readmit=job.slot is not None,
+        )
+        if not reservation.booked:
+            return _wait_unbooked(settings, batch_id, token, job, reservation)
+        job.slot, job.booking = reservation.slot_at, reservation.booking
+        slot, wait = reservation.slot, reservation.delay
+    # Sleep only through the lead (what a countdown task arrives early by, give or take the
+    # timer's and the clocks' slack): a pool of sleeping workers would stop taking tasks, and
+    # the broker's first-in-first-out order would then decide who sends next instead of the
+    # sender's line (priority, turns).
+    if wait <= settings.pacing_lead + SLEEP_SLACK:
+        metrics.pacing_wait(job.kind, wait)
         time.sleep(max(wait, 0.0))
         # The account's request limit is taken at send time: its waits are short.
         time.sleep(pacer.acquire_request())
@@ -210,23 +240,90 @@ def _wait_for_slot(settings: Settings, batch_id: int, token: str, job) -> float 
     countdown = wait - settings.pacing_lead
     by_task = countdown <= settings.countdown_max
     with session_scope(settings.database_url) as session:
-        released = batches.release(
+        released, sendable = batches.hand_back(
             session,
             batch_id,
             token,
-            not_before=datetime.fromtimestamp(slot, UTC),
+            job.broadcast_id,
+            not_before=job.slot,
+            slot_at=job.slot,
             enqueued=by_task,
         )
-    if released and by_task:
-        try:
-            enqueue_batches(
-                settings.redis_url, job.kind, job.broadcast_id, [batch_id], countdown=countdown
-            )
-        except EnqueueError:
-            with session_scope(settings.database_url) as session:
-                batches.mark_not_enqueued(session, [batch_id])
+    if not (released and sendable):
+        # The claim was taken from us, or the broadcast stopped meanwhile (and the batch
+        # kept nothing): nobody will send at this slot.
+        _give_back_booking(settings, batch_id, job, owned=released)
+    _enqueue_later(settings, job, batch_id, released and sendable and by_task, countdown)
     log_event(log, "batch.deferred", batch_id=batch_id, wait=round(wait, 3), by_task=by_task)
     return wait
+
+
+def _wait_unbooked(settings: Settings, batch_id: int, token: str, job, reservation) -> float:
+    """Not booked: hand the batch back holding nothing, with `not_before` at the time the
+    line said to try again (capped at COUNTDOWN_MAX, sooner when its turn is near). The
+    reconciler sends it then, unless that is sooner than its next pass: a worker holding
+    many countdown tasks takes new ones from Redis only about once a second (kombu's
+    prefetch window fills with them), which would hold up every batch's turn."""
+    retry = reservation.delay
+    not_before = datetime.fromtimestamp(reservation.now + retry, UTC)
+    by_task = retry < settings.reconcile_interval
+    with session_scope(settings.database_url) as session:
+        released, sendable = batches.hand_back(
+            session,
+            batch_id,
+            token,
+            job.broadcast_id,
+            not_before=not_before,
+            slot_at=None,
+            enqueued=by_task,
+        )
+    if not sendable:
+        # Stopped while this batch joined the line (after the pause took the broadcast out
+        # of it): nobody should wait behind it.
+        try:
+            leave_line(settings, job.kind, job.sender, job.broadcast_id)
+        except redis.RedisError:
+            pass  # the line forgets it once it is overdue
+    _enqueue_later(settings, job, batch_id, released and sendable and by_task, retry)
+    log_event(
+        log,
+        "batch.waiting",
+        batch_id=batch_id,
+        broadcast_id=job.broadcast_id,
+        retry=round(retry, 3),
+        expected=round(reservation.slot - reservation.now, 3),
+        ahead=reservation.ahead,
+    )
+    return retry
+
+
+def _enqueue_later(settings: Settings, job, batch_id: int, enqueue: bool, countdown: float):
+    if not enqueue:
+        return
+    try:
+        enqueue_batches(
+            settings.redis_url, job.kind, job.broadcast_id, [batch_id], countdown=countdown
+        )
+    except EnqueueError:
+        with session_scope(settings.database_url) as session:
+            batches.mark_not_enqueued(session, [batch_id])
+
+
+def _give_back_booking(settings: Settings, batch_id: int, job, owned: bool) -> None:
+    """The batch will not be sent at its slot: the sender gets the capacity back at once.
+    A booking this attempt made is known to nobody else; a slot loaded from the database is
+    this attempt's to give only if it still held the claim when it let the batch go (then
+    it cleared the slot, so no later attempt can use it)."""
+    if job.booking:
+        member = job.booking
+    elif owned and job.slot is not None:
+        member = booking_member(batch_id, job.slot)
+    else:
+        return
+    try:
+        give_back(settings, job.kind, job.sender, [member])
+    except redis.RedisError:
+        pass  # the slot just goes unused: never more than the pacing horizon
 
 
 def _handle_error(settings, attempt, batch_id, token, job, error: PlivoError) -> dict:

@@ -26,19 +26,26 @@ def upgrade() -> None:
         sa.Column("message_uuid", sa.String(length=64), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("applied_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("orphaned_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("nonce"),
     )
     op.create_index(
-        "ix_delivery_reports_unapplied",
+        "ix_delivery_reports_due",
         "delivery_reports",
-        ["id"],
+        ["due_at"],
         postgresql_where=sa.text("applied_at IS NULL"),
         sqlite_where=sa.text("applied_at IS NULL"),
     )
-    op.create_index("ix_delivery_reports_message_uuid", "delivery_reports", ["message_uuid"])
+    op.create_index(
+        "ix_delivery_reports_applied",
+        "delivery_reports",
+        ["applied_at"],
+        postgresql_where=sa.text("applied_at IS NOT NULL"),
+        sqlite_where=sa.text("applied_at IS NOT NULL"),
+    )
     with op.batch_alter_table("broadcasts") as batch_op:
         batch_op.add_column(
             sa.Column("priority", sa.String(length=8), server_default="normal", nullable=False)
@@ -73,6 +80,6 @@ def downgrade() -> None:
             batch_op.drop_column(column)
     with op.batch_alter_table("broadcasts") as batch_op:
         batch_op.drop_column("priority")
-    op.drop_index("ix_delivery_reports_message_uuid", table_name="delivery_reports")
-    op.drop_index("ix_delivery_reports_unapplied", table_name="delivery_reports")
+    op.drop_index("ix_delivery_reports_applied", table_name="delivery_reports")
+    op.drop_index("ix_delivery_reports_due", table_name="delivery_reports")
     op.drop_table("delivery_reports")
