@@ -41,6 +41,17 @@ BROKER_DOWN_WARNING = (
 )
 
 
+# What a client can do next with the broadcast a 202 names (OpenAPI links, which let
+# Schemathesis chain calls).
+BROADCAST_LINKS = {
+    "GetBroadcast": "broadcasts_get_broadcast",
+    "ListRecipients": "recipients_list_recipients",
+    "PauseBroadcast": "actions_pause",
+    "ResumeBroadcast": "actions_resume",
+    "RetryBroadcast": "actions_retry",
+    "CancelBroadcast": "actions_cancel",
+}
+
 def _settings():
     return current_app.config["SETTINGS"]
 
@@ -119,30 +130,11 @@ LOCATION = {
                 }
             },
             "links": {
-                "GetBroadcast": {
-                    "operationId": "broadcasts_get_broadcast",
+                name: {
+                    "operationId": operation,
                     "parameters": {"broadcast_id": "$response.body#/id"},
-                },
-                "ListRecipients": {
-                    "operationId": "recipients_list_recipients",
-                    "parameters": {"broadcast_id": "$response.body#/id"},
-                },
-                "PauseBroadcast": {
-                    "operationId": "actions_pause",
-                    "parameters": {"broadcast_id": "$response.body#/id"},
-                },
-                "ResumeBroadcast": {
-                    "operationId": "actions_resume",
-                    "parameters": {"broadcast_id": "$response.body#/id"},
-                },
-                "RetryBroadcast": {
-                    "operationId": "actions_retry",
-                    "parameters": {"broadcast_id": "$response.body#/id"},
-                },
-                "CancelBroadcast": {
-                    "operationId": "actions_cancel",
-                    "parameters": {"broadcast_id": "$response.body#/id"},
-                },
+                }
+                for name, operation in BROADCAST_LINKS.items()
             },
         }
     }

@@ -310,7 +310,7 @@ os.register_at_fork(after_in_child=_new_stores_lock)
 
 
 def report_store(database_url: str) -> ReportStore:
-    """The one committer per database URL per process (however many apps share it)."""
+    """The one ReportStore per database URL per process (however many apps share it)."""
     with _stores_lock:
         store = _stores.get(database_url)
         if store is None:

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,38 @@ def live_api(settings) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(timeout=10)
+
+
+@contextmanager
+def granian_serving(
+    settings: Settings, log_path: Path, argv: list[str], port: int, env: dict | None = None
+) -> Iterator[str]:
+    """The API under granian (`argv`), as deployed; yields its base URL once /healthz
+    answers, and stops the whole process group afterwards."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**settings_env(settings), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{base}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        try:
+            wait_for(healthy, timeout=60, message=f"granian did not start: {log_path}")
+            yield base
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

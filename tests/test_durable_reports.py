@@ -33,7 +33,7 @@ from shared.db import get_engine, session_scope
 from shared.logs import json_formatter
 from shared.models import Batch, Broadcast, DeliveryReport, OptOut, Recipient
 from shared.opt_outs import remove_opt_out
-from tests.conftest import API_KEY, ROOT, Beat, Worker, migrate, settings_env, wait_for
+from tests.conftest import API_KEY, Beat, Worker, granian_serving, migrate, wait_for
 from tests.services import HOST, free_port
 from tests.test_webhooks import signed_headers
 from workers import delivery_reports
@@ -162,33 +162,8 @@ def granian_api(settings, log_path: Path, port: int) -> Iterator[str]:
         granian, "--interface", "wsgi", "--workers", "2", "--blocking-threads", "8",
         "--host", HOST, "--port", str(port), "--log-level", "warning", "api.wsgi:app",
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=settings_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        base = f"http://{HOST}:{port}"
-
-        def healthy() -> bool:
-            try:
-                return requests.get(f"{base}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        try:
-            wait_for(healthy, timeout=60, message=f"granian did not start: {log_path}")
-            yield base
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    with granian_serving(settings, log_path, argv, port) as base:
+        yield base
 
 
 class Appliers:
@@ -525,6 +500,33 @@ def test_concurrent_reports_are_committed_in_shared_groups(clean):
     assert store.groups < 25
     with session_scope(clean.database_url) as session:
         assert session.scalar(select(func.count()).select_from(DeliveryReport)) == 50
+
+
+def test_a_writer_waits_for_a_callback_still_being_checked_and_commits_both_at_once(clean):
+    store = ReportStore(clean.database_url, max_wait=10.0)
+    outcomes: dict[str, str] = {}
+    with store.arriving() as arrival:  # a callback whose signature is being checked
+        writer = threading.Thread(
+            target=lambda: outcomes.update(first=store.store("wait-1", "m-1", {"Status": "sent"}))
+        )
+        writer.start()
+        time.sleep(0.3)  # the writer waits for this one rather than commit alone
+        assert "first" not in outcomes
+        outcomes["second"] = store.store("wait-2", "m-2", {"Status": "sent"}, arrival)
+    writer.join(timeout=10)
+    assert outcomes == {"first": STORED, "second": STORED}
+    assert store.groups == 1
+
+
+def test_a_writer_does_not_wait_for_a_callback_that_brings_no_report(clean):
+    store = ReportStore(clean.database_url, max_wait=10.0)
+    started = time.monotonic()
+    with store.arriving():  # say, a bad signature: it ends without a report
+        writer = threading.Thread(target=store.store, args=("alone", "m-1", {"Status": "sent"}))
+        writer.start()
+        time.sleep(0.3)
+    writer.join(timeout=10)
+    assert time.monotonic() - started < 5 and store.groups == 1
 
 
 @POSTGRES_ONLY

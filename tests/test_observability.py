@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +19,7 @@ from pydantic import SecretStr
 
 from shared.logs import log_event
 from shared.taskqueue import QUEUES
-from tests.conftest import API_KEY, ROOT, Beat, Worker, settings_env, wait_for
+from tests.conftest import API_KEY, ROOT, Beat, Worker, granian_serving, wait_for
 from tests.services import HOST, free_port
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -222,33 +219,8 @@ def granian_api(settings, log_path: Path, port: int, env: dict[str, str]) -> Ite
         "--blocking-threads", "2", "--host", HOST, "--port", str(port), "--access-log",
         "api.wsgi:app",
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**settings_env(settings), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        base = f"http://{HOST}:{port}"
-
-        def ready() -> bool:
-            try:
-                return requests.get(f"{base}/readyz", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        try:
-            wait_for(ready, timeout=60, message=f"granian did not start: {log_path}")
-            yield base
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    with granian_serving(settings, log_path, argv, port, env) as base:
+        yield base
 
 
 @POSTGRES_ONLY
