@@ -32,4 +32,4 @@ RUN pip install --no-deps . \
 USER bulksms
 
 EXPOSE 8000 5555 8020
-CMD ["granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads", "2", "--host", "0.0.0.0", "--port", "8000", "--access-log", "api.wsgi:app"]
+CMD ["granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads", "16", "--host", "0.0.0.0", "--port", "8000", "--access-log", "api.wsgi:app"]

@@ -194,11 +194,13 @@ def plan(settings: Settings, flower_password: str) -> list[Service]:
                 health=f"{settings.sandbox_url}/health",
             )
         )
+    # 16 threads per process: delivery reports wait a few ms for a shared commit
+    # (api/report_store.py), which only groups callbacks that are in flight together.
     services += [
         Service(
             "api",
             [PYTHON, "-m", "granian", "--interface", "wsgi", "--workers", "2",
-             "--blocking-threads", "2", "--host", "127.0.0.1", "--port", "8000",
+             "--blocking-threads", "16", "--host", "127.0.0.1", "--port", "8000",
              "--access-log", "api.wsgi:app"],
             health=f"{API_URL}/readyz",
         ),
