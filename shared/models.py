@@ -133,6 +133,17 @@ class Broadcast(Base):
     # The client's own URL for a signed completion notice, and when it was delivered.
     callback_url: Mapped[str | None] = mapped_column(Text)
     notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What people call it ("Spring sale"), shown in listings where a UUID says nothing.
+    name: Mapped[str | None] = mapped_column(String(200))
+    # Where the text and the audience came from, when not given inline.
+    template_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    list_ids: Mapped[list | None] = mapped_column(JSON)
+    # A sender pool: each recipient sticks to one of these (batches carry the sender).
+    senders: Mapped[list | None] = mapped_column(JSON)
+    # {"start": "21:00", "end": "08:00"} in each recipient's local time; NULL: any hour.
+    quiet_hours: Mapped[dict | None] = mapped_column(JSON)
+    # The cost and duration estimate made at intake (the dry-run quote), kept to show.
+    quote: Mapped[dict | None] = mapped_column(JSON)
 
 
 class Batch(Base):
@@ -140,6 +151,13 @@ class Batch(Base):
     __table_args__ = (
         UniqueConstraint("broadcast_id", "seq", name="uq_batches_broadcast_seq"),
         Index("ix_batches_status_not_before", "status", "not_before"),
+        # Batches held by quiet hours, found by the reconciler when they are due.
+        Index(
+            "ix_batches_hold_until",
+            "hold_until",
+            postgresql_where=text("hold_until IS NOT NULL"),
+            sqlite_where=text("hold_until IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -177,6 +195,16 @@ class Batch(Base):
         UTCDateTime, default=utcnow, onupdate=utcnow
     )
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # One Plivo call has one source and one text: a batch of a pooled or personalised
+    # broadcast carries its own (NULL: the broadcast's sender, text, encoding, segments).
+    sender: Mapped[str | None] = mapped_column(String(32))
+    text: Mapped[str | None] = mapped_column(Text)
+    encoding: Mapped[str | None] = mapped_column(String(8))
+    segments: Mapped[int | None] = mapped_column(Integer)
+    # Quiet hours: the time zone whose night governs every recipient of this batch, and
+    # the moment they may be texted (the batch waits, `pending`, until then).
+    zone: Mapped[str | None] = mapped_column(String(64))
+    hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Recipient(Base):
@@ -240,6 +268,8 @@ class InboundMessage(Base):
     intent: Mapped[str | None] = mapped_column(String(16))
     action: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the keyword's confirmation or HELP text went back (once per inbound message).
+    replied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class DeliveryReport(Base):
@@ -318,3 +348,77 @@ class AuditEvent(Base):
     target: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict | None] = mapped_column(JSON)
     request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Template(Base):
+    """A stored text with placeholders ({first_name}) and default field values."""
+
+    __tablename__ = "templates"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    fields: Mapped[dict] = mapped_column(JSON, default=dict)
+    api_key_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+
+
+class ContactList(Base):
+    """A named list of contacts a broadcast can be sent to (`list_ids`)."""
+
+    __tablename__ = "contact_lists"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    api_key_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+
+
+class Contact(Base):
+    """One number on a list, once (imports merge duplicates), with its fields for
+    personalised texts. Opted-out numbers stay on the list and are skipped at intake."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("list_id", "phone", name="uq_contacts_list_phone"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    list_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("contact_lists.id", ondelete="CASCADE")
+    )
+    phone: Mapped[str] = mapped_column(String(16))
+    fields: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow
+    )
+
+
+class ContactSender(Base):
+    """Sticky senders: the pool number that last texted a phone, so it hears from the same
+    number next time (as Twilio's Messaging Services do)."""
+
+    __tablename__ = "contact_senders"
+
+    phone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sender: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConsoleSession(Base):
+    """A browser session of the operator console: the cookie holds a random token, only its
+    SHA-256 is stored; the key it was signed in with decides what it may see and do."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
