@@ -203,7 +203,7 @@ class Batch(Base):
     segments: Mapped[int | None] = mapped_column(Integer)
     # Quiet hours: the time zone whose night governs every recipient of this batch, and
     # the moment they may be texted (the batch waits, `pending`, until then).
-    zone: Mapped[str | None] = mapped_column(String(64))
+    zone: Mapped[str | None] = mapped_column(Text)
     hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

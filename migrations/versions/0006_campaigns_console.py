@@ -33,7 +33,7 @@ def upgrade() -> None:
         table.add_column(sa.Column("text", sa.Text(), nullable=True))
         table.add_column(sa.Column("encoding", sa.String(length=8), nullable=True))
         table.add_column(sa.Column("segments", sa.Integer(), nullable=True))
-        table.add_column(sa.Column("zone", sa.String(length=64), nullable=True))
+        table.add_column(sa.Column("zone", sa.Text(), nullable=True))
         table.add_column(sa.Column("hold_until", WHEN, nullable=True))
     op.create_index(
         "ix_batches_hold_until",
