@@ -43,6 +43,8 @@ class Sandbox:
     def __init__(self, config: SandboxConfig) -> None:
         # Replaced, never changed in place: a request reads it once and sees one consistent config.
         self.config = config
+        # What DELETE /sandbox/config goes back to: the config the sandbox was started with.
+        self.start_config = config
         self.state = SandboxState()
         self.request_limit = RequestLimit()
         # The Message list's own limit, on top of the account's.
@@ -59,6 +61,12 @@ class Sandbox:
             self.config = self.config.updated(changes)
             if "fault_seed" in changes:
                 self._reseed()
+            return self.config
+
+    def restore_config(self) -> SandboxConfig:
+        with self._lock:
+            self.config = self.start_config
+            self._reseed()
             return self.config
 
     def reset(self) -> None:
@@ -239,6 +247,11 @@ def create_app(config: SandboxConfig | None = None) -> Flask:
             return jsonify(sandbox.reconfigure(body).public())
         except (TypeError, ValueError) as error:
             return _plivo_error(400, str(error))
+
+    @app.delete("/sandbox/config")
+    def restore_config():
+        """Every run-time change undone: the config the sandbox was started with."""
+        return jsonify(sandbox.restore_config().public())
 
     @app.post("/sandbox/inbound")
     def simulate_inbound():

@@ -319,6 +319,16 @@ def test_it_leaves_the_callers_config_alone_when_changed_at_run_time():
     assert config.invalid_prefixes == ["1"]
 
 
+def test_delete_puts_back_the_config_it_was_started_with():
+    client = create_app(SandboxConfig(invalid_prefixes=["1"], share_failed=0.0)).test_client()
+    client.post("/sandbox/config", json={"invalid_prefixes": ["44"], "share_failed": 0.5})
+
+    restored = client.delete("/sandbox/config").json
+
+    assert (restored["invalid_prefixes"], restored["share_failed"]) == (["1"], 0.0)
+    assert client.get("/sandbox/config").json == restored
+
+
 def test_it_takes_cli_flags_over_environment_over_defaults(monkeypatch):
     monkeypatch.setenv("SANDBOX_AUTH_ID", "MAFROMENV00000000000")
     monkeypatch.setenv("SANDBOX_AUTH_TOKEN", "env-token")
