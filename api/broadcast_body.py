@@ -12,6 +12,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from api.quote_body import Quote
 from shared.config import Settings
 from shared.models import Broadcast as BroadcastRow
 from shared.progress import iso, outlook, progress, recent_rate, summarize
@@ -30,8 +31,12 @@ class Body(BaseModel):
 
 
 class Segments(Body):
-    per_message: int = Field(description="What one message costs in SMS segments (1 for MMS)")
-    total: int = Field(description="per_message times the accepted recipients")
+    per_message: int = Field(
+        description="What one message costs in SMS segments (1 for MMS); for personalised "
+        "texts, the longest"
+    )
+    total: int = Field(description="Segments of all accepted recipients' messages together")
+    longest: int = Field(description="Segments of the longest message")
 
 
 class IntakeCounts(Body):
@@ -66,23 +71,37 @@ class Rate(Body):
 
 
 class InvalidRecipient(Body):
-    index: int = Field(description="Position in the request's list")
+    index: int | None = Field(description="Position in `recipients`; null: a list's contact")
     value: Any = Field(description="What was sent")
     reason: str
+    list_id: UUID | None = Field(default=None, description="The list of a contact")
+
+
+class QuietHours(Body):
+    start: str = Field(description="HH:MM in each recipient's local time")
+    end: str
 
 
 class BroadcastBrief(Body):
     """A broadcast in a list: the fields of Broadcast that need no extra query."""
 
     id: UUID
+    name: str | None = Field(description="What the client called it")
     kind: Literal["sms", "mms"]
     status: BroadcastStatusName
     status_reason: str | None
-    sender: str
+    sender: str = Field(description="The sender, or the first of the pool")
+    senders: list[str] | None = Field(description="The sender pool; null: one sender")
     priority: Literal["normal", "high"]
-    encoding: str | None = Field(description="GSM-7 or UCS-2 (SMS); null for MMS")
+    template_id: UUID | None = Field(description="The template the text came from")
+    list_ids: list[UUID] | None = Field(description="The contact lists it was sent to")
+    quiet_hours: QuietHours | None = Field(description="Null: any hour")
+    encoding: str | None = Field(
+        description="GSM or UCS-2 (SMS), mixed when personalised texts differ; null for MMS"
+    )
     segments: Segments
     counts: IntakeCounts
+    quote: Quote | None = Field(description="The estimate made when it was accepted")
     scheduled_at: datetime | None = Field(description="When it starts (send_at); null: at once")
     created_at: datetime
     updated_at: datetime
@@ -111,16 +130,30 @@ def brief(broadcast: BroadcastRow) -> dict[str, Any]:
     """The list item: the broadcast's own row, nothing counted."""
     counts = {name: 0 for name in IntakeCounts.model_fields} | (broadcast.counts or {})
     per_message = broadcast.segments or 0
+    quote = broadcast.quote if isinstance(broadcast.quote, dict) else None
+    segments = {
+        "per_message": per_message,
+        "total": per_message * counts["accepted"],
+        "longest": per_message if counts["accepted"] else 0,
+    }
+    if quote is not None:
+        segments |= quote["segments"]
     return {
         "id": str(broadcast.id),
+        "name": broadcast.name,
         "kind": broadcast.kind,
         "status": broadcast.status,
         "status_reason": broadcast.status_reason,
         "sender": broadcast.sender,
+        "senders": broadcast.senders,
         "priority": broadcast.priority,
+        "template_id": str(broadcast.template_id) if broadcast.template_id else None,
+        "list_ids": broadcast.list_ids,
+        "quiet_hours": broadcast.quiet_hours,
         "encoding": broadcast.encoding,
-        "segments": {"per_message": per_message, "total": per_message * counts["accepted"]},
+        "segments": segments,
         "counts": counts,
+        "quote": quote,
         "scheduled_at": iso(broadcast.scheduled_at),
         "created_at": iso(broadcast.created_at),
         "updated_at": iso(broadcast.updated_at),
@@ -145,6 +178,11 @@ def full(session: Session, broadcast: BroadcastRow, settings: Settings) -> dict[
 
 
 def is_current(body: Any) -> bool:
-    """Whether a stored 202 body has today's shape (those stored before this one had
-    `batches` as a number and `send_at`)."""
-    return isinstance(body, dict) and isinstance(body.get("batches"), dict) and "rate" in body
+    """Whether a stored 202 body has today's shape (older ones had `batches` as a number
+    and `send_at`, or no campaign fields: name, quote, ...)."""
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("batches"), dict)
+        and "rate" in body
+        and "quote" in body
+    )

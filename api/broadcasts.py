@@ -21,12 +21,15 @@ from api.broadcast_body import BroadcastBrief, BroadcastStatusName, brief, full,
 from api.errors import ApiError, int_param
 from api.intake import (
     BroadcastRequest,
+    check_max_cost,
     parse_request,
     plan_broadcast,
+    quote_plan,
     request_fingerprint,
     write_broadcast,
 )
 from api.openapi import Query, describe, text_param, time_param
+from api.quote_body import Quote
 from shared.db import session_scope
 from shared.logs import log_event
 from shared.models import Batch, Broadcast, BroadcastStatus
@@ -51,6 +54,7 @@ BROADCAST_LINKS = {
     "RetryBroadcast": "actions_retry",
     "CancelBroadcast": "actions_cancel",
 }
+
 
 def _settings():
     return current_app.config["SETTINGS"]
@@ -144,18 +148,26 @@ LOCATION = {
 @bp.post("")
 @describe(
     "broadcasts",
-    ACCEPTED,
-    ACCEPTED_ERRORS,
+    {**ACCEPTED, 200: Quote},
+    (*ACCEPTED_ERRORS, 404),
     body=BroadcastRequest,
     headers=IdempotencyHeaders,
     extra=LOCATION,
 )
 def create_broadcast():
-    """Send one text to many recipients (202: saved, and sending starts)
+    """Send a text to many recipients (202: saved, and sending starts)
 
     Every number is checked before anything is written: a bad request writes nothing. The
-    202 body is the broadcast as GET /v1/broadcasts/{broadcast_id} shows it."""
-    return accept(parse_request, plan_broadcast)
+    202 body is the broadcast as GET /v1/broadcasts/{broadcast_id} shows it. The text may be
+    personalised ({first_name}), the audience may come from contact lists, senders from a
+    pool, and quiet hours hold recipients in their own night. With `dry_run` the answer is
+    200 with the quote (cost per country, segments, duration) and nothing is written."""
+
+    def plan(session, parsed, settings):
+        # Lists and templates must be the key's own, as GET shows them (admins: any).
+        return plan_broadcast(session, parsed, settings, None if sees_all() else g.api_key_id)
+
+    return accept(parse_request, plan)
 
 
 def accept(parse, plan):
@@ -167,21 +179,28 @@ def accept(parse, plan):
     payload = _read_json()
     request_hash = request_fingerprint(payload)
     url = settings.database_url
-    if key:
+    # A dry run writes nothing, so it neither replays nor takes an Idempotency-Key.
+    dry_run = isinstance(payload, dict) and payload.get("dry_run") is True
+    if key and not dry_run:
         with session_scope(url) as session:
             replay = _replay(session, key, request_hash)
         if replay is not None:
             return replay
     parsed = parse(payload, settings)
+    if dry_run:
+        with session_scope(url) as session:
+            planned = plan(session, parsed, settings)
+            quote = quote_plan(planned, settings)
+            # Nothing was written; rolling back makes sure of it.
+            session.rollback()
+        return jsonify(quote)
     try:
         with session_scope(url) as session:
+            planned = plan(session, parsed, settings)
+            planned.quote = quote_plan(planned, settings)
+            check_max_cost(planned, planned.quote)
             broadcast_id, batch_ids = write_broadcast(
-                session,
-                plan(session, parsed, settings),
-                settings,
-                g.api_key_id,
-                key,
-                request_hash,
+                session, planned, settings, g.api_key_id, key, request_hash
             )
             # Read back in the same transaction: the 202 is what GET answers, and what a
             # replay of this request answers again.

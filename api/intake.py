@@ -6,32 +6,56 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import re
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import redis
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, field_errors
+from api.messages import Audience as MessageAudience
+from api.messages import Group, Messages, Rules, plan_messages
+from shared import models
+from shared.compliance import opt_out_suffix
 from shared.config import Settings
 from shared.db import is_postgres
-from shared.encoding import measure, too_long
+from shared.encoding import measure, too_long, ucs2_characters
+from shared.limits import limits_in_force
 from shared.models import (
     Batch,
     BatchStatus,
     Broadcast,
     BroadcastStatus,
+    Contact,
+    ContactList,
     Recipient,
     RecipientStatus,
+    Template,
     utcnow,
 )
 from shared.opt_outs import opted_out_among
 from shared.phone import InvalidNumber, normalise
+from shared.quiet_hours import Window, parse_window, release_at, zone_key
+from shared.quotes import Load, build_quote, duration_seconds, quiet_summary, weigh
+from shared.rendering import TemplateError, field_values
+from shared.rendering import parse as parse_template
+from shared.senders import remember_senders
 from shared.urls import UnsafeUrl, check_url
 
 INVALID_SHOWN = 20
@@ -46,6 +70,17 @@ _ALPHANUMERIC_SENDER = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 Priority = Literal["normal", "high"]
 
 
+FieldValue = StrictStr | StrictInt | StrictFloat
+Fields = dict[Annotated[str, Field(min_length=1, max_length=64)], FieldValue]
+
+
+class QuietHours(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, local time")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, local time")
+
+
 class BroadcastRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -57,14 +92,74 @@ class BroadcastRequest(BaseModel):
         },
     )
 
-    recipients: list[Any] = Field(
+    recipients: list[Any] | None = Field(
+        default=None,
         min_length=1,
-        description="Phone numbers: E.164, or as people type them with DEFAULT_REGION; "
-        "duplicates are sent once, opted-out numbers skipped",
+        description="Phone numbers: E.164, or as people type them with DEFAULT_REGION; or "
+        'objects {"to": "+1...", "fields": {"first_name": "Ana"}} for personalised texts. '
+        "Duplicates are sent once, opted-out numbers skipped. May be left out with list_ids",
     )
-    text: str = Field(description="GSM-7 up to 1600 characters, or UCS-2 up to 737")
+    list_ids: list[UUID] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20,
+        description="Contact lists whose contacts (with their fields) are the audience, "
+        "merged with `recipients`; up to MAX_LIST_RECIPIENTS in all",
+    )
+    text: str | None = Field(
+        default=None,
+        description="GSM-7 up to 1600 characters, or UCS-2 up to 737; may hold placeholders "
+        "such as {first_name} (names only; {{ and }} for literal braces). Or template_id",
+    )
+    template_id: UUID | None = Field(
+        default=None, description="A stored template (POST /v1/templates) instead of text"
+    )
+    fields: Fields | None = Field(
+        default=None,
+        description="Default placeholder values; a recipient's own fields win, and these "
+        "win over the template's",
+    )
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Shown in listings"
+    )
     sender: str | None = Field(
         default=None, description="E.164 or 1-11 letters and digits; default PLIVO_SENDER"
+    )
+    senders: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="A sender pool: each recipient sticks to one of these (the one that "
+        "texted it last, else one chosen by a hash of its number). Not with sender",
+    )
+    sender_pool: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="The name of a pool configured in SENDER_POOLS. Not with sender(s)",
+    )
+    quiet_hours: QuietHours | None = Field(
+        default=None,
+        description="Nobody is texted between start and end in their own local time; "
+        "recipients inside it wait, pending. Left out: QUIET_HOURS; null: none",
+    )
+    append_opt_out_text: bool = Field(
+        default=False,
+        strict=True,
+        description='Append " Reply STOP to opt out" (OPT_OUT_TEXT), counted in segments',
+    )
+    dry_run: bool = Field(
+        default=False,
+        strict=True,
+        description="Validate and answer 200 with the quote (cost, segments, duration); "
+        "nothing is written or sent",
+    )
+    max_cost: Decimal | None = Field(
+        default=None,
+        ge=0,
+        max_digits=20,
+        decimal_places=6,
+        description="Refuse the broadcast (400) when its estimated cost is higher",
     )
     skip_invalid: bool = Field(
         default=False,
@@ -102,6 +197,24 @@ class Plan:
     # `rejected` when the client asked to skip them.
     rejected: list[str] = field(default_factory=list)
     priority: str = "normal"
+    # Campaigns: set when recipients differ in text, sender or release (else one group, the
+    # broadcast's own sender and text, sendable at once).
+    groups: list[Group] | None = None
+    messages: Messages | None = None
+    name: str | None = None
+    template_id: UUID | None = None
+    list_ids: list[str] | None = None
+    senders: list[str] | None = None
+    quiet_hours: dict | None = None
+    quote: dict | None = None
+    dry_run: bool = False
+    max_cost: Decimal | None = None
+
+    @property
+    def accepted(self) -> int:
+        if self.groups is None:
+            return len(self.to_send)
+        return sum(len(group.positions) for group in self.groups)
 
 
 def parse_request(payload: Any, settings: Settings, model: type[BaseModel] = BroadcastRequest):
@@ -191,7 +304,10 @@ def normalise_all(values: list[Any], region: str | None) -> tuple[dict[str, int]
         try:
             number = normalise(value, region)
         except InvalidNumber as error:
-            invalid.append({"index": index, "value": value, "reason": str(error)})
+            if isinstance(value, Malformed):
+                invalid.append({"index": index, "value": value.value, "reason": value.reason})
+            else:
+                invalid.append({"index": index, "value": value, "reason": str(error)})
             continue
         if number in seen:
             duplicates += 1
@@ -219,14 +335,38 @@ def plan_audience(
     settings: Settings,
     reachable=None,
     why: str = "",
+    contacts: Iterable[str] = (),
+    senders: Iterable[str] = (),
+    first_index: dict[str, int | None] | None = None,
 ) -> Audience:
     """Refuses (400, listing index/value/reason) any invalid number unless skip_invalid.
-    `reachable(number)` filters numbers this kind of message cannot reach."""
-    first_index, invalid, duplicates = normalise_all(values, settings.default_region)
-    if sender in first_index:
-        # Plivo (and its SDK) refuse a whole call whose destinations include its source.
-        index = first_index.pop(sender)
-        invalid.append({"index": index, "value": values[index], "reason": "is the sender's number"})
+    `reachable(number)` filters numbers this kind of message cannot reach. `contacts` (E.164
+    numbers of contact lists) join after `values`; `senders` are the other senders of a
+    pool (never texted: Plivo refuses a call to its own source). `first_index`, when given,
+    is filled with each number's index in `values` (None: from a list)."""
+    seen, invalid, duplicates = normalise_all(values, settings.default_region)
+    if first_index is None:
+        first_index = seen
+    else:
+        first_index.update(seen)
+    for phone in contacts:
+        if phone in first_index:
+            duplicates += 1
+        else:
+            first_index[phone] = None
+    if len(first_index) > max(settings.max_recipients, settings.max_list_recipients):
+        raise ApiError(
+            413,
+            "too_many_recipients",
+            f"list_ids: {len(first_index)} recipients exceed the maximum of "
+            f"{settings.max_list_recipients} per broadcast (MAX_LIST_RECIPIENTS)",
+        )
+    for own in {sender, *senders}:
+        if own in first_index:
+            # Plivo (and its SDK) refuse a whole call whose destinations include its source.
+            index = first_index.pop(own)
+            value = values[index] if index is not None else own
+            invalid.append({"index": index, "value": value, "reason": "is the sender's number"})
     rejected, unreachable = [], []
     if reachable is not None:
         for number, index in list(first_index.items()):
@@ -234,7 +374,7 @@ def plan_audience(
                 del first_index[number]
                 rejected.append(number)
                 unreachable.append({"index": index, "value": values[index], "reason": why})
-    problems = sorted(invalid + unreachable, key=lambda item: item["index"])
+    problems = sorted(invalid + unreachable, key=_index_order)
     if problems and not skip_invalid:
         # Each rule broken, in its own words: a UK number sent by MMS is a fine E.164
         # number, and being told to send E.164 would not help.
@@ -252,7 +392,7 @@ def plan_audience(
             f"recipients: {'; '.join(rules)}; or set skip_invalid to send to the rest",
             {"invalid": problems[:INVALID_SHOWN], "invalid_total": len(problems)},
         )
-    invalid.sort(key=lambda item: item["index"])
+    invalid.sort(key=_index_order)
     numbers = list(first_index)
     if not numbers:
         raise ApiError(400, "invalid_request", "recipients: no valid phone number left")
@@ -262,34 +402,354 @@ def plan_audience(
     return Audience(to_send, skipped, invalid, duplicates, rejected)
 
 
-def plan_broadcast(session: Session, request: BroadcastRequest, settings: Settings) -> Plan:
-    """All validation, before anything is written. Raises ApiError naming the field."""
-    sender = check_sender(request.sender, settings)
-    encoding, segments = check_text(request.text)
+def _index_order(item: dict) -> float:
+    index = item.get("index")
+    return float("inf") if index is None else index
+
+
+class Malformed:
+    """A recipient object that is not {"to", "fields"}: refused as an invalid recipient."""
+
+    reason = 'a recipient object is {"to": "+1...", "fields": {name: string or number}}'
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+def split_recipients(values: list[Any]) -> tuple[list[Any], list[dict | None] | None]:
+    """Recipients given as objects ({"to", "fields"}) split into numbers and fields (None
+    when every one is a plain number: the common case stays a plain list)."""
+    if all(type(value) is str for value in values):
+        return values, None
+    numbers: list[Any] = []
+    fields: list[dict | None] = []
+    for value in values:
+        if not isinstance(value, dict):
+            numbers.append(value)
+            fields.append(None)
+            continue
+        own = field_values(value.get("fields", {}))
+        if not isinstance(value.get("to"), str) or own is None or set(value) - {"to", "fields"}:
+            numbers.append(Malformed(value))
+            fields.append(None)
+            continue
+        numbers.append(value["to"])
+        fields.append(own)
+    return numbers, fields
+
+
+@dataclass
+class ListContacts:
+    phones: list[str]
+    # Only for personalised texts: each contact's fields and list (to name it in errors).
+    fields: dict[str, dict | None]
+    lists: dict[str, str]
+
+
+def load_contacts(
+    session: Session, list_ids: list[UUID], personalised: bool, api_key_id: str | None
+) -> ListContacts:
+    """The contacts of the lists, in list order then as added (404 naming a list that does
+    not exist or is another key's). Rows are streamed: a million contacts never exist as
+    ORM objects."""
+    found = {
+        row.id: row
+        for row in session.scalars(select(ContactList).where(ContactList.id.in_(list_ids)))
+    }
+    for index, list_id in enumerate(list_ids):
+        row = found.get(list_id)
+        if row is None or (api_key_id is not None and row.api_key_id != api_key_id):
+            raise ApiError(404, "not_found", f"list_ids.{index}: no contact list {list_id}")
+    phones: list[str] = []
+    fields: dict[str, dict | None] = {}
+    lists: dict[str, str] = {}
+    for list_id in dict.fromkeys(list_ids):
+        columns = (Contact.phone, Contact.fields) if personalised else (Contact.phone,)
+        query = select(*columns).where(Contact.list_id == list_id).order_by(Contact.id)
+        rows = session.execute(query.execution_options(yield_per=20_000))
+        if not personalised:
+            phones.extend(rows.scalars())
+            continue
+        for phone, own in rows:
+            phones.append(phone)
+            if phone not in fields:
+                fields[phone] = field_values(own) if own else None
+                lists[phone] = str(list_id)
+    return ListContacts(phones, fields, lists)
+
+
+def check_pool(request: BroadcastRequest, settings: Settings) -> list[str] | None:
+    """The sender pool asked for (`senders`, or `sender_pool` by name), each checked."""
+    given = [
+        name for name in ("sender", "senders", "sender_pool") if getattr(request, name) is not None
+    ]
+    if len(given) > 1:
+        raise ApiError(400, "invalid_request", f"{', '.join(given)}: give only one of them")
+    if request.sender_pool is not None:
+        pool = settings.sender_pools.get(request.sender_pool)
+        if not pool:
+            known = ", ".join(sorted(settings.sender_pools)) or "none are configured"
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"sender_pool: no pool {request.sender_pool!r} in SENDER_POOLS ({known})",
+            )
+        field_name = "sender_pool"
+    elif request.senders is not None:
+        pool, field_name = request.senders, "senders"
+    else:
+        return None
+    checked = []
+    for index, sender in enumerate(pool):
+        if not (_E164_SENDER.fullmatch(sender) or _ALPHANUMERIC_SENDER.fullmatch(sender)):
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"{field_name}.{index}: must be an E.164 number such as +14155550100 or 1-11 "
+                "letters and digits",
+            )
+        checked.append(sender)
+    return list(dict.fromkeys(checked))
+
+
+def check_source(
+    session: Session, request: BroadcastRequest, api_key_id: str | None
+) -> tuple[str, dict[str, str], str]:
+    """The text (or the template's), the template's default fields, and the field to name
+    in errors about it."""
+    if (request.text is None) == (request.template_id is None):
+        raise ApiError(400, "invalid_request", "text, template_id: give exactly one of them")
+    if request.text is not None:
+        return request.text, {}, "text"
+    template = session.get(Template, request.template_id)
+    if template is None or (api_key_id is not None and template.api_key_id != api_key_id):
+        raise ApiError(404, "not_found", f"template_id: no template {request.template_id}")
+    return template.text, field_values(template.fields or {}) or {}, "template_id"
+
+
+def check_quiet_hours(request: BroadcastRequest, settings: Settings) -> Window | None:
+    if "quiet_hours" in request.model_fields_set:
+        raw = request.quiet_hours.model_dump() if request.quiet_hours else None
+        name = "quiet_hours"
+    else:
+        raw, name = settings.quiet_hours or None, "QUIET_HOURS"
+    try:
+        return parse_window(raw)
+    except ValueError as error:
+        raise ApiError(400, "invalid_request", f"{name}: {error}") from None
+
+
+def plan_broadcast(
+    session: Session, request: BroadcastRequest, settings: Settings, api_key_id: str | None = None
+) -> Plan:
+    """All validation, before anything is written. Raises ApiError naming the field.
+    `api_key_id`: lists and templates must be this key's (None: any, for admin keys)."""
+    if request.recipients is None and request.list_ids is None:
+        raise ApiError(400, "invalid_request", "recipients, list_ids: give at least one")
+    pool = check_pool(request, settings)
+    sender = check_sender(pool[0] if pool else request.sender, settings)
+    raw_text, template_fields, text_field = check_source(session, request, api_key_id)
+    try:
+        template = parse_template(raw_text)
+    except TemplateError as error:
+        raise ApiError(400, "invalid_request", f"{text_field}: {error}") from None
+    if not raw_text.strip():
+        raise ApiError(400, "invalid_request", f"{text_field}: must not be empty")
+    suffix = opt_out_suffix(settings.opt_out_text) if request.append_opt_out_text else ""
+    if template.personalised:
+        # Placeholders stay in the broadcast's text; each batch carries its rendering.
+        text = raw_text + suffix
+        encoding, segments = None, 0
+    else:
+        text = template.parts[0] + suffix
+        encoding, segments = check_text(text)
+    window = check_quiet_hours(request, settings)
     callback_url = check_callback_url(request.callback_url, settings)
     send_at = check_send_at(request.send_at)
-    audience = plan_audience(session, request.recipients, sender, request.skip_invalid, settings)
-    return Plan(
+    values, inline_fields = split_recipients(request.recipients or [])
+    contacts = ListContacts([], {}, {})
+    if request.list_ids:
+        contacts = load_contacts(session, request.list_ids, template.personalised, api_key_id)
+    first_index: dict[str, int | None] = {}
+    audience = plan_audience(
+        session,
+        values,
+        sender,
+        request.skip_invalid,
+        settings,
+        contacts=contacts.phones,
+        senders=pool or (),
+        first_index=first_index,
+    )
+    plan = Plan(
         sender=sender,
-        text=request.text,
+        text=text,
         encoding=encoding,
         segments=segments,
         callback_url=callback_url,
         send_at=send_at,
         priority=request.priority,
+        name=request.name,
+        template_id=request.template_id,
+        list_ids=[str(list_id) for list_id in request.list_ids] if request.list_ids else None,
+        senders=pool,
+        quiet_hours=window.as_dict() if window else None,
+        dry_run=request.dry_run,
+        max_cost=request.max_cost,
         **vars(audience),  # shallow: asdict would copy 100k numbers one by one
     )
+    fallback = settings.numeric_fallback_sender
+    needs_rules = (
+        template.personalised
+        or pool
+        or window is not None
+        or (not _E164_SENDER.fullmatch(sender) and any(n.startswith("+1") for n in plan.to_send))
+    )
+    if not needs_rules or not plan.to_send:
+        return plan
+    to_send = plan.to_send
+    defaults = {**template_fields, **(request.fields and field_values(request.fields) or {})}
+
+    def fields_of(position: int) -> dict | None:
+        number = to_send[position]
+        index = first_index.get(number)
+        if index is not None:
+            return inline_fields[index] if inline_fields is not None else None
+        return contacts.fields.get(number)
+
+    def describe(position: int) -> dict:
+        number = to_send[position]
+        index = first_index.get(number)
+        if index is not None:
+            return {"index": index, "value": values[index]}
+        return {"index": None, "value": number, "list_id": contacts.lists.get(number)}
+
+    now = models.utcnow()
+    start = max(now, send_at) if send_at else now
+    messages = plan_messages(
+        session,
+        MessageAudience(to_send, fields_of, describe),
+        Rules(
+            template=template,
+            defaults=defaults,
+            suffix=suffix,
+            sender=sender,
+            pool=pool,
+            fallback=fallback,
+            zone_of=zone_key if window is not None else None,
+            release=(lambda zone: release_at(zone, window, start)) if window else None,
+            skip_invalid=request.skip_invalid,
+        ),
+    )
+    if not any(group.positions for group in messages.groups):
+        raise ApiError(400, "invalid_request", "recipients: no recipient left to send to")
+    plan.invalid = sorted(plan.invalid + messages.invalid, key=_index_order)
+    plan.groups = messages.groups
+    plan.messages = messages
+    if template.personalised:
+        plan.encoding = next(iter(messages.encodings)) if len(messages.encodings) == 1 else "mixed"
+        plan.segments = messages.segments_longest
+    return plan
 
 
 def intake_counts(plan: Plan) -> dict[str, int]:
     """What became of the numbers in the request (the broadcast's `counts`)."""
     return {
-        "accepted": len(plan.to_send),
+        "accepted": plan.accepted,
         "invalid": len(plan.invalid),
         "duplicates": plan.duplicates,
         "skipped": len(plan.skipped),
         "rejected": len(plan.rejected),
     }
+
+
+def _weighted(plan: Plan) -> list[tuple[str, int, int]]:
+    """The plan's messages counted per number prefix, for pricing."""
+    if plan.groups is None:
+        return weigh(plan.to_send, plan.segments)
+    to_send = plan.to_send
+    weighted = []
+    for group in plan.groups:
+        numbers = [to_send[position] for position in group.positions]
+        weighted += weigh(numbers, group.cost.segments)
+    return weighted
+
+
+def _rates(settings: Settings, kind: str, senders: set[str]) -> tuple[float, dict[str, float]]:
+    """The account's rate and each sender's own, as a reservation would use them now."""
+    from shared.limits import account_mps_configured, sender_mps_configured
+
+    try:
+        own = {sender: limits_in_force(settings, kind, sender) for sender in senders}
+        account = next(iter(own.values()))[0] if own else account_mps_configured(settings, kind)
+        return account, {sender: limits[1] for sender, limits in own.items()}
+    except redis.RedisError:
+        account = account_mps_configured(settings, kind)
+        return account, {s: sender_mps_configured(settings, kind, s) for s in senders}
+
+
+def quote_plan(plan: Plan, settings: Settings) -> dict:
+    """The quote of a validated plan: cost per country, segments, duration, quiet hours."""
+    now = models.utcnow()
+    start = (plan.send_at - now).total_seconds() if plan.send_at else 0.0
+    waiting, first_release = 0, None
+    if plan.groups is None:
+        loads = [Load(start, plan.sender, len(plan.to_send))]
+        encodings = {plan.encoding} if plan.encoding else set()
+        ucs2 = ucs2_characters(plan.text) if plan.encoding == "UCS-2" and plan.text else []
+        total = plan.segments * len(plan.to_send)
+        longest = plan.segments if plan.to_send else 0
+    else:
+        loads = []
+        for group in plan.groups:
+            offset = start
+            if group.hold_until is not None:
+                offset = max(offset, (group.hold_until - now).total_seconds())
+                waiting += len(group.positions)
+                if first_release is None or group.hold_until < first_release:
+                    first_release = group.hold_until
+            loads.append(Load(offset, group.sender, len(group.positions)))
+        messages = plan.messages
+        encodings, ucs2 = messages.encodings, messages.ucs2_characters
+        total, longest = messages.segments_total, messages.segments_longest
+    account, own = _rates(settings, plan.kind, {load.sender for load in loads})
+    return build_quote(
+        counts=intake_counts(plan),
+        kind=plan.kind,
+        encodings=encodings,
+        ucs2_characters=ucs2,
+        segments_total=total,
+        segments_longest=longest,
+        weighted=_weighted(plan),
+        price_table=getattr(settings, "price_table", None),
+        duration=duration_seconds(loads, account, own),
+        quiet_hours=quiet_summary(plan.quiet_hours, waiting, first_release),
+        dry_run=plan.dry_run,
+    )
+
+
+def check_max_cost(plan: Plan, quote: dict) -> None:
+    """A real broadcast whose estimate is over `max_cost` is refused (so is one that cannot
+    be estimated: a country missing from the price table)."""
+    if plan.max_cost is None:
+        return
+    cost = quote["cost"]
+    if cost["unpriced"]:
+        raise ApiError(
+            400,
+            "over_max_cost",
+            f"max_cost: the cost cannot be estimated: no price for {', '.join(cost['unpriced'])} "
+            "in the price table",
+            {"quote": quote},
+        )
+    if Decimal(cost["total"]) > plan.max_cost:
+        raise ApiError(
+            400,
+            "over_max_cost",
+            f"max_cost: the estimated cost {cost['total']} {cost['currency']} exceeds "
+            f"max_cost {plan.max_cost}",
+            {"quote": quote},
+        )
 
 
 def write_broadcast(
@@ -301,18 +761,19 @@ def write_broadcast(
     request_hash: str | None,
 ) -> tuple[uuid.UUID, list[int]]:
     """Broadcast, batches and recipients in the caller's transaction; returns its id and
-    the batch ids to enqueue after commit. The 202 body is the broadcast as read back in the
-    same transaction (api/broadcast_body.py), so it is the body GET answers."""
+    the batch ids to enqueue after commit (not those quiet hours hold). The 202 body is the
+    broadcast as read back in the same transaction (api/broadcast_body.py), so it is the
+    body GET answers."""
     broadcast_id = uuid.uuid4()
     size = settings.batch_size_for(plan.kind)
-    batch_count = math.ceil(len(plan.to_send) / size)
-    if not batch_count:
+    now = utcnow()
+    batches = _batch_rows(plan, size, broadcast_id, now)
+    if not batches:
         status = BroadcastStatus.COMPLETED
     elif plan.send_at:
         status = BroadcastStatus.SCHEDULED
     else:
         status = BroadcastStatus.QUEUED
-    now = utcnow()
     session.execute(
         insert(Broadcast).values(
             id=broadcast_id,
@@ -334,42 +795,101 @@ def write_broadcast(
             priority=plan.priority,
             created_at=now,
             updated_at=now,
-            finished_at=None if batch_count else now,
+            finished_at=None if batches else now,
+            name=plan.name,
+            template_id=plan.template_id,
+            list_ids=plan.list_ids,
+            senders=plan.senders,
+            quiet_hours=plan.quiet_hours,
+            quote=plan.quote,
         )
     )
     batch_ids: list[int] = []
-    if batch_count:
-        session.execute(
-            insert(Batch),
-            [
-                {
-                    "broadcast_id": broadcast_id,
-                    "seq": seq,
-                    "size": len(plan.to_send[seq * size : (seq + 1) * size]),
-                    "status": BatchStatus.PENDING,
-                    "attempts": 0,
-                    # Enqueued right after commit (NULL if the broker refuses); a scheduled
-                    # broadcast's batches wait for the reconciler to start it.
-                    "enqueued_at": None if plan.send_at else now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for seq in range(batch_count)
-            ],
-        )
+    if batches:
+        session.execute(insert(Batch), batches)
         batch_ids = list(
             session.scalars(
                 select(Batch.id).where(Batch.broadcast_id == broadcast_id).order_by(Batch.seq)
             )
         )
-    rows = [
-        (batch_ids[index // size], phone, RecipientStatus.PENDING, None)
-        for index, phone in enumerate(plan.to_send)
-    ]
+    if plan.groups is None:
+        rows = [
+            (batch_ids[index // size], phone, RecipientStatus.PENDING, None)
+            for index, phone in enumerate(plan.to_send)
+        ]
+    else:
+        batch_of = _batch_of_positions(plan, size, batch_ids)
+        rows = [
+            (batch_of[index], phone, RecipientStatus.PENDING, None)
+            for index, phone in enumerate(plan.to_send)
+            if batch_of[index] is not None
+        ]
     rows += [(None, phone, RecipientStatus.SKIPPED, "opted out") for phone in plan.skipped]
     rows += [(None, phone, RecipientStatus.REJECTED, REJECTED_REASON) for phone in plan.rejected]
     _insert_recipients(session, broadcast_id, rows)
-    return broadcast_id, batch_ids
+    if plan.messages is not None and plan.messages.remember:
+        remember_senders(session, plan.messages.remember, now)
+    held = {
+        batch_id
+        for batch_id, row in zip(batch_ids, batches, strict=True)
+        if row["hold_until"] is not None
+    }
+    return broadcast_id, [batch_id for batch_id in batch_ids if batch_id not in held]
+
+
+def _chunks(plan: Plan, size: int) -> Iterator[tuple[Group | None, list[int] | range]]:
+    """Each batch's group and recipient positions, in seq order."""
+    if plan.groups is None:
+        for start in range(0, len(plan.to_send), size):
+            yield None, range(start, min(start + size, len(plan.to_send)))
+        return
+    for group in plan.groups:
+        for start in range(0, len(group.positions), size):
+            yield group, group.positions[start : start + size]
+
+
+def _batch_rows(plan: Plan, size: int, broadcast_id: uuid.UUID, now: datetime) -> list[dict]:
+    rows = []
+    for seq, (group, positions) in enumerate(_chunks(plan, size)):
+        row = {
+            "broadcast_id": broadcast_id,
+            "seq": seq,
+            "size": len(positions),
+            "status": BatchStatus.PENDING,
+            "attempts": 0,
+            # Enqueued right after commit (NULL if the broker refuses); a scheduled
+            # broadcast's batches wait for the reconciler to start it, and so do batches
+            # held by quiet hours (released when hold_until comes).
+            "enqueued_at": None if plan.send_at else now,
+            "created_at": now,
+            "updated_at": now,
+            "sender": None,
+            "text": None,
+            "encoding": None,
+            "segments": None,
+            "zone": None,
+            "hold_until": None,
+        }
+        if group is not None:
+            # NULL where the batch says what the broadcast says: the worker falls back.
+            row["sender"] = group.sender if group.sender != plan.sender else None
+            row["text"] = group.text if group.text != plan.text else None
+            row["encoding"] = group.cost.encoding if group.cost.encoding != plan.encoding else None
+            row["segments"] = group.cost.segments if group.cost.segments != plan.segments else None
+            row["zone"] = group.zone
+            row["hold_until"] = group.hold_until
+            if group.hold_until is not None:
+                row["enqueued_at"] = None
+        rows.append(row)
+    return rows
+
+
+def _batch_of_positions(plan: Plan, size: int, batch_ids: list[int]) -> list[int | None]:
+    batch_of: list[int | None] = [None] * len(plan.to_send)
+    for batch_id, (_group, positions) in zip(batch_ids, _chunks(plan, size), strict=True):
+        for position in positions:
+            batch_of[position] = batch_id
+    return batch_of
 
 
 def _insert_recipients(session: Session, broadcast_id: uuid.UUID, rows: list[tuple]) -> None:

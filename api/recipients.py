@@ -16,6 +16,7 @@ from api.csv_cells import phone_cell, text_cell
 from api.errors import int_param
 from api.openapi import CSV, ID_CURSOR, Query, describe, id_cursor, text_param
 from shared.db import session_scope
+from shared.models import Batch
 from shared.models import Recipient as RecipientRow
 from shared.progress import iso
 
@@ -23,7 +24,17 @@ PAGE_MAX = 1000
 # Rows fetched per query while streaming CSV: memory stays bounded by this, not by the
 # size of the broadcast.
 CSV_CHUNK = 5000
-COLUMNS = ["phone", "status", "message_uuid", "error_code", "error_reason", "units", "updated_at"]
+COLUMNS = [
+    "phone",
+    "status",
+    "message_uuid",
+    "error_code",
+    "error_reason",
+    "units",
+    "updated_at",
+    "sender",
+    "send_after",
+]
 
 bp = Blueprint("recipients", __name__, url_prefix="/v1/broadcasts")
 
@@ -50,6 +61,10 @@ class Recipient(BaseModel):
     error_reason: str | None
     units: int | None = Field(description="Segments Plivo billed")
     updated_at: datetime | None
+    sender: str | None = Field(description="Who texts it (pools: its sticky sender)")
+    send_after: datetime | None = Field(
+        description="Held by quiet hours until then (its batch's hold_until); null: now"
+    )
 
 
 class RecipientPage(BaseModel):
@@ -82,7 +97,11 @@ def _query(broadcast_id, statuses: list[str] | None, after: int, limit: int):
         RecipientRow.error_reason,
         RecipientRow.units,
         RecipientRow.updated_at,
-    ).where(RecipientRow.broadcast_id == broadcast_id, RecipientRow.id > after)
+        RecipientRow.batch_id,
+        Batch.sender,
+        Batch.hold_until,
+    ).outerjoin(Batch, Batch.id == RecipientRow.batch_id)
+    query = query.where(RecipientRow.broadcast_id == broadcast_id, RecipientRow.id > after)
     if statuses:
         query = query.where(RecipientRow.status.in_(statuses))
     return query.order_by(RecipientRow.id).limit(limit)
@@ -93,7 +112,15 @@ def _fetch(broadcast_id, statuses, after: int, limit: int) -> list:
         return session.execute(_query(broadcast_id, statuses, after, limit)).all()
 
 
-def _csv(broadcast_id, statuses):
+def _row(row, default_sender: str) -> list:
+    """A recipient's cells in COLUMNS order (the sender of its batch, else the broadcast's;
+    none for a recipient never put in a batch: skipped, rejected)."""
+    batch_id, batch_sender, hold_until = row[8:11]
+    sender = (batch_sender or default_sender) if batch_id is not None else None
+    return [*row[1:7], row[7], sender, hold_until]
+
+
+def _csv(broadcast_id, statuses, default_sender: str):
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS)
@@ -101,16 +128,24 @@ def _csv(broadcast_id, statuses):
     while True:
         rows = _fetch(broadcast_id, statuses, after, CSV_CHUNK)
         for row in rows:
-            phone, status, message_uuid, error_code, error_reason, units = row[1:7]
+            cells = _row(row, default_sender)
+            phone, status, message_uuid, error_code, error_reason, units = cells[:6]
             # Plivo's uuid, error code and reason come from outside: quote formula starts.
             texts = [text_cell(v) for v in (status, message_uuid, error_code, error_reason)]
-            writer.writerow([phone_cell(phone), *texts, units, iso(row[7]) or ""])
+            sender, send_after = text_cell(cells[7]) if cells[7] else "", iso(cells[8]) or ""
+            writer.writerow(
+                [phone_cell(phone), *texts, units, iso(cells[6]) or "", sender, send_after]
+            )
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
         if len(rows) < CSV_CHUNK:
             return
         after = rows[-1][0]
+
+
+def _json_cells(cells: list) -> list:
+    return [*cells[:6], iso(cells[6]), cells[7], iso(cells[8])]
 
 
 @bp.get("/<broadcast_id>/recipients")
@@ -126,16 +161,16 @@ def list_recipients(broadcast_id: str):
 
     JSON pages, or with `format=csv` (or `Accept: text/csv`) every recipient as one CSV
     streamed as it is read: phone, status, message_uuid, error_code, error_reason, units,
-    updated_at."""
+    updated_at, sender, send_after."""
     bid = parse_id(broadcast_id)
     with session_scope(current_app.config["SETTINGS"].database_url) as session:
-        load(session, broadcast_id)
+        default_sender = load(session, broadcast_id).sender
     statuses = statuses_param(STATUSES)
     wanted = text_param("format", "json|csv", "must be json or csv")
     if wanted == "csv" or (wanted is None and request.accept_mimetypes.best == "text/csv"):
         filename = f"broadcast-{bid}-recipients.csv"
         return Response(
-            stream_with_context(_csv(bid, statuses)),
+            stream_with_context(_csv(bid, statuses, default_sender)),
             mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
@@ -144,7 +179,10 @@ def list_recipients(broadcast_id: str):
     rows = _fetch(bid, statuses, after, limit)
     return jsonify(
         {
-            "items": [dict(zip(COLUMNS, [*row[1:7], iso(row[7])], strict=True)) for row in rows],
+            "items": [
+                dict(zip(COLUMNS, _json_cells(_row(row, default_sender)), strict=True))
+                for row in rows
+            ],
             "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -116,6 +117,80 @@ class Settings(BaseSettings):
     orphan_report_after: float = Field(3600.0, gt=0)
     max_recipients: int = Field(100_000, ge=1, le=1_000_000)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # A contact-list CSV import is streamed, not held: it alone may pass MAX_BODY_BYTES.
+    # 1,000,000 contacts with a few fields is about 40-60 MB.
+    max_import_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # Campaigns (issue 11). A broadcast to contact lists may pass MAX_RECIPIENTS, which
+    # bounds what one JSON body may list.
+    max_list_recipients: int = Field(1_000_000, ge=1, le=10_000_000)
+    # Named sender pools for `sender_pool`: JSON {"alerts": ["+14155550001", "+1415..."]}.
+    sender_pools: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    # Default quiet hours in each recipient's local time ("21:00-08:00"); empty: none.
+    quiet_hours: str = ""
+    # Used instead of an alphanumeric sender for US/Canadian recipients (they cannot get
+    # alphanumeric senders); empty: such a broadcast is refused.
+    numeric_fallback_sender: str = ""
+    opt_out_text: str = Field("Reply STOP to opt out", min_length=1, max_length=100)
+
+    @field_validator("sender_pools", mode="before")
+    @classmethod
+    def _sender_pools_json(cls, value: object) -> object:
+        # SENDER_POOLS={"alerts": ["+14155550001", "+14155550002"]}; blank: no pools.
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except ValueError as error:
+                raise ValueError(f'must be JSON such as {{"alerts": ["+1..."]}}: {error}') from None
+        if isinstance(value, dict):
+            for name, senders in value.items():
+                for sender in senders if isinstance(senders, list) else [None]:
+                    if not isinstance(sender, str) or not (
+                        _E164.match(sender) or _ALPHANUMERIC_SENDER.match(sender)
+                    ):
+                        raise ValueError(
+                            f"pool {name!r}: {sender!r} is not an E.164 or alphanumeric sender"
+                        )
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours_window(cls, value: str) -> str:
+        from shared.quiet_hours import parse_window
+
+        parse_window(value)  # fail loudly at start, not on the first broadcast
+        return value
+
+    @field_validator("numeric_fallback_sender")
+    @classmethod
+    def _fallback_numeric(cls, value: str) -> str:
+        if value and not _E164.match(value):
+            raise ValueError("must be an E.164 number such as +14155550100")
+        return value
+
+    # CSV of per-country SMS/MMS prices for quotes (format: shared/data/prices.csv, the
+    # shipped default, dated); unset: that default.
+    price_table: str | None = None
+    # Answers to keyword replies (shared/keywords.py), sent once each from the number that
+    # was texted; `{service}` becomes SERVICE_NAME; empty: no answer. Carriers (CTIA) expect
+    # STOP confirmed and HELP answered with who is texting and how to stop.
+    service_name: str = Field("bulksms", min_length=1, max_length=40)
+    stop_reply: str = Field(
+        "{service}: You are unsubscribed and will receive no more messages. "
+        "Reply START to resubscribe.",
+        max_length=1600,
+    )
+    start_reply: str = Field(
+        "{service}: You are resubscribed and will receive messages again. "
+        "Reply STOP to unsubscribe.",
+        max_length=1600,
+    )
+    help_reply: str = Field(
+        "{service}: Reply STOP to unsubscribe, START to resubscribe. "
+        "Msg & data rates may apply.",
+        max_length=1600,
+    )
 
     flower_user: str = "admin"
     flower_password: SecretStr = SecretStr("")

@@ -45,3 +45,9 @@ def too_long(cost: TextCost) -> str | None:
     if cost.length > limit:
         return f"{cost.length} characters exceed the {cost.encoding} maximum of {limit}"
     return None
+
+
+def ucs2_characters(text: str) -> list[str]:
+    """The characters of `text` outside GSM-7, in order of first use: the ones that made it
+    UCS-2 (one curly quote halves what a segment holds)."""
+    return list(dict.fromkeys(ch for ch in text if ch not in GSM_BASIC and ch not in GSM_EXTENSION))

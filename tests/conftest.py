@@ -3,6 +3,7 @@ HTTP, and real Celery worker processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,6 +141,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         elif isinstance(value, list):
             value = ",".join(value)
+        elif isinstance(value, dict) and any(isinstance(v, list) for v in value.values()):
+            value = json.dumps(value)  # SENDER_POOLS: {"name": [senders]}
         elif isinstance(value, dict):
             value = ",".join(f"{key}={mps}" for key, mps in value.items())
         env[name.upper()] = str(value)

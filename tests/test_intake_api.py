@@ -44,7 +44,7 @@ def test_it_accepts_a_broadcast_and_enqueues_one_task_per_batch(client, settings
     }
     assert body["batches"] == {"total": 3, "by_status": {"pending": 3}}
     assert body["encoding"] == "GSM"
-    assert body["segments"] == {"per_message": 1, "total": 2500}
+    assert body["segments"] == {"per_message": 1, "total": 2500, "longest": 1}
     assert response.headers["Location"] == f"/v1/broadcasts/{body['id']}"
     assert row_counts(settings.database_url) == {
         "broadcasts": 1,
@@ -101,7 +101,7 @@ def test_it_reports_ucs2_and_multipart_texts(client):
     )
     body = response.get_json()
     assert body["encoding"] == "UCS-2"
-    assert body["segments"] == {"per_message": 3, "total": 9}
+    assert body["segments"] == {"per_message": 3, "total": 9, "longest": 3}
 
 
 @pytest.mark.parametrize(
@@ -385,7 +385,7 @@ def test_a_broadcast_reads_the_same_in_the_202_the_get_and_the_list(client):
     assert {key: posted[key] for key in posted if key not in LIVE} == {
         key: got[key] for key in got if key not in LIVE
     }
-    assert posted["segments"] == got["segments"] == {"per_message": 1, "total": 3}
+    assert posted["segments"] == got["segments"] == {"per_message": 1, "total": 3, "longest": 1}
     assert posted["batches"] == got["batches"] == {"total": 1, "by_status": {"pending": 1}}
     assert posted["invalid"] == got["invalid"] == [
         {"index": 3, "value": "nope", "reason": posted["invalid"][0]["reason"]}
