@@ -21,7 +21,7 @@ EMBEDDED := $(if $(shell command -v redis-server 2>/dev/null),,$(EMBEDDED_STAMP)
 help:
 	@echo "make install  create $(VENV) and install the project with its dev tools"
 	@echo "make run      start Redis, migrations, API, worker, beat, Flower (and the sandbox)"
-	@echo "make test     ruff, then the whole pytest suite on real Redis and PostgreSQL"
+	@echo "make test     ruff, then the whole pytest suite on real Redis, PostgreSQL and Chromium"
 	@echo "make lint     ruff check ."
 	@echo "make bench    python bench/intake.py"
 	@echo "make clean    remove var/ (local database, logs, Redis data, Flower password)"

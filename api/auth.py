@@ -62,7 +62,24 @@ SCOPES: dict[str, frozenset[str]] = {
     "keys.list_keys": _ADMIN,
     "keys.revoke_key": _ADMIN,
     "audit.list_events": _ADMIN,
+    # Templates and contact lists, like broadcasts, belong to the key that made them.
+    "templates.create_template": _SEND,
+    "templates.list_templates": _OWN_BROADCASTS,
+    "templates.get_template": _OWN_BROADCASTS,
+    "templates.update_template": _SEND,
+    "templates.delete_template": _SEND,
+    "contact_lists.create_list": _SEND,
+    "contact_lists.list_lists": _OWN_BROADCASTS,
+    "contact_lists.get_list": _OWN_BROADCASTS,
+    "contact_lists.delete_list": _SEND,
+    "contact_lists.add_contacts": _SEND,
+    "contact_lists.list_contacts": _OWN_BROADCASTS,
+    "contact_lists.remove_contact": _SEND,
 }
+
+
+# The WSGI environ key under which the console hands identify() a session's caller.
+CONSOLE_CALLER = "bulksms.console_caller"
 
 
 @dataclass(frozen=True)
@@ -122,11 +139,38 @@ def _stored(presented: str) -> Caller | None:
         return Caller(row.key_id, row.name, frozenset(row.scopes))
 
 
+def caller_by_key_id(wanted: str) -> Caller | None:
+    """The caller a key_id names while its key is still good (a bootstrap key still in
+    API_KEYS, a stored key not revoked): the console re-checks its session's key with it on
+    every page, so revoking the key ends the session."""
+    for key in current_app.config["SETTINGS"].effective_api_keys:
+        if hmac.compare_digest(key_id(key), wanted):
+            return Caller(wanted, BOOTSTRAP_NAME, _ADMIN)
+    with session_scope(current_app.config["SETTINGS"].database_url) as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.key_id == wanted))
+        if row is None or row.revoked_at is not None:
+            return None
+        now = utcnow()
+        if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
+            row.last_used_at = now
+        return Caller(row.key_id, row.name, frozenset(row.scopes))
+
+
 def identify() -> None:
     """`before_request`: on /v1 routes, sets g.api_key_id, g.key_name and g.scopes for a
     valid key. Refusing is left to `authorize`, so the limiter in between can count the
-    failure against the client's address."""
+    failure against the client's address.
+
+    The console (api/console/) calls these routes in-process for a signed-in session and
+    puts its Caller in the WSGI environ under CONSOLE_CALLER: a key no HTTP client can
+    set (servers only ever add headers as HTTP_*), so the session is trusted as the key it
+    was signed in with, and nothing else changes."""
     if not is_protected():
+        return
+    console_caller = request.environ.get(CONSOLE_CALLER)
+    if isinstance(console_caller, Caller):
+        g.api_key_id, g.key_name = console_caller.key_id, console_caller.name
+        g.scopes = console_caller.scopes
         return
     presented = request.headers.get("X-API-Key", "")
     caller = _bootstrap(presented) if presented else None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the programs the test suite needs are installed: redis-server and PostgreSQL's
-# server binaries (tests/services.py starts its own servers from them) and docker-compose
-# (tests/test_compose.py). As root with apt-get, install whatever is missing; otherwise
+# server binaries (tests/services.py starts its own servers from them), docker-compose
+# (tests/test_compose.py), and Debian's chromium with its chromedriver (the console's browser
+# tests, tests/test_console_browser.py: nothing is downloaded at test time). As root with apt-get, install whatever is missing; otherwise
 # warn and go on, so the tests that need them fail with a message saying what is missing.
 set -euo pipefail
 
@@ -23,6 +24,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_postgres || missing+=(postgresql)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 if ((${#missing[@]} == 0)); then
   exit 0

@@ -365,10 +365,17 @@ def print_banner(settings: Settings, services: list[Service], flower_password: s
     )
     redis_note = "started here" if "redis" in names else "already running"
     password_note = "" if settings.flower_password.get_secret_value() else " (var/flower-password)"
+    # Live keys are not echoed to the terminal (see example_requests).
+    console_key = (
+        f"API key {settings.effective_api_keys[0]!r}"
+        if settings.sandbox_mode
+        else "a key from API_KEYS"
+    )
     lines = [
         "",
         f"bulksms is running ({mode})",
         "",
+        f"  Console   {API_URL}/console/  (sign in with {console_key})",
         f"  API       {API_URL}  (docs {API_URL}/docs, spec {API_URL}/openapi.json)",
         f"  Flower    {FLOWER_URL}  user {settings.flower_user!r}, "
         f"password {flower_password!r}{password_note}",

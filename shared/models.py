@@ -213,7 +213,9 @@ class Recipient(Base):
         # The database itself refuses a second row for one number in one broadcast.
         UniqueConstraint("broadcast_id", "phone", name="uq_recipients_broadcast_phone"),
         Index("ix_recipients_batch_status", "batch_id", "status"),
-        Index("ix_recipients_broadcast_status", "broadcast_id", "status"),
+        # finished_at too: the console's delivery-over-time chart of a 100k-recipient
+        # broadcast reads the index alone instead of every row.
+        Index("ix_recipients_broadcast_status", "broadcast_id", "status", "finished_at"),
         # Unique where set: most rows have none yet at intake, and indexing NULLs is waste.
         Index(
             "uq_recipients_message_uuid",
