@@ -3,12 +3,14 @@
 from kombu import Queue
 
 from shared.config import get_settings
+from shared.keywords import SEND_KEYWORD_REPLY
 from shared.taskqueue import (
     MAINTENANCE_QUEUE,
     RESOLVE_UNKNOWN,
     RESOLVE_UNKNOWN_EVERY,
     SWEEP_REPORTS,
     SWEEP_REPORTS_EVERY,
+    WEBHOOKS_QUEUE,
 )
 
 _settings = get_settings()
@@ -41,6 +43,8 @@ task_routes = {
     "reconcile": {"queue": "maintenance"},
     "apply_status_events": {"queue": "webhooks"},
     "notify_completion": {"queue": "webhooks"},
+    # Answers to STOP/START/HELP (workers/keyword_replies.py).
+    SEND_KEYWORD_REPLY: {"queue": WEBHOOKS_QUEUE},
     SWEEP_REPORTS: {"queue": MAINTENANCE_QUEUE},
     RESOLVE_UNKNOWN: {"queue": MAINTENANCE_QUEUE},
 }

@@ -52,6 +52,7 @@ SCOPES: dict[str, frozenset[str]] = {
     "limits.show_limits": _READ,
     "limits.update_limits": _ADMIN,
     "opt_outs.list_opt_outs": _READ,
+    "inbound.list_inbound": _READ,
     # Adding a number only ever stops messages, so a sending application may record the
     # unsubscribes it collects itself; removing one (texting someone who said STOP) may not.
     "opt_outs.add": _SEND,

@@ -42,6 +42,9 @@ TAGS = {
     "broadcasts": "SMS broadcasts: create, watch, act on",
     "mms": "MMS broadcasts and media uploads",
     "opt-outs": "Numbers no broadcast may text",
+    "templates": "Stored texts with placeholders and default values",
+    "lists": "Contact lists (with fields for personalised texts) and their imports",
+    "inbound": "Replies to our numbers: keywords, and the messages to read",
     "limits": "Pacing limits, changed live",
     "keys": "API keys and their scopes (admin)",
     "audit": "Who did what (admin)",
@@ -278,7 +281,8 @@ UNDECORATED = {
     "/webhooks/plivo/inbound": {
         "post": {
             "tags": ["opt-outs"],
-            "summary": "Plivo's inbound messages (signed): STOP opts out, START opts in",
+            "summary": "Plivo's inbound messages (signed): kept; STOP opts out, START opts "
+            "in, and keywords are answered (STOP_REPLY, START_REPLY, HELP_REPLY)",
             "operationId": "webhooks_inbound_message",
             "requestBody": _form(
                 ["From", "Text"], "From", "To", "Text", "MessageUUID", "MessageIntent"

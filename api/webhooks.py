@@ -1,5 +1,8 @@
-"""Inbound replies from Plivo (STOP / START / HELP), applied at once after the signature
-and replay checks. Delivery reports arrive through api/status_intake.py instead.
+"""Inbound replies from Plivo, applied at once after the signature and replay checks: every
+message is kept (a campaign's replies are read with GET /v1/inbound); STOP-type words opt the
+number out, START-type words back in, and a keyword's answer (STOP_REPLY, START_REPLY,
+HELP_REPLY) is left to a worker (workers/keyword_replies.py), enqueued after the commit.
+Delivery reports arrive through api/status_intake.py instead.
 
 Replays are refused twice over. A V3 signature covers MessageUUID, and its unique row in
 inbound_messages refuses the same message for good (a durable check, no extra schema). The
@@ -21,11 +24,12 @@ from api.errors import ApiError
 from api.signatures import public_url, verified_nonce
 from shared.config import Settings
 from shared.db import redis_client, session_scope
-from shared.keywords import action_for
+from shared.keywords import SEND_KEYWORD_REPLY, action_for, reply_text
 from shared.logs import log_event
 from shared.models import InboundMessage
 from shared.opt_outs import add_opt_outs, remove_opt_out
 from shared.phone import InvalidNumber, normalise
+from shared.taskqueue import WEBHOOKS_QUEUE, EnqueueError, enqueue_tasks
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/plivo")
 log = logging.getLogger(__name__)
@@ -47,7 +51,9 @@ def _signed_nonce() -> str:
 
 
 def _sender_number(raw: str) -> str:
-    """Plivo sends From as digits without '+'."""
+    """Plivo sends From and To as digits without '+'; stored in E.164, as our senders and
+    recipients are (the reply goes out on the texted number's pacing timeline, and the
+    broadcast a reply answers is found by that number)."""
     try:
         return normalise(raw if raw.startswith("+") else f"+{raw}")
     except InvalidNumber:
@@ -75,10 +81,13 @@ def inbound_message():
     settings = current_app.config["SETTINGS"]
     key = _claim_nonce(settings, _signed_nonce())
     try:
-        action, message_uuid = _apply(settings)
+        action, message_uuid, reply_to = _apply(settings)
+        if reply_to is not None:
+            _enqueue_reply(settings, reply_to, message_uuid)
     except Exception:
-        # Nothing was stored; Plivo retries this same signed request, which must not then
-        # be refused as a replay.
+        # Plivo retries this same signed request, which must not then be refused as a
+        # replay. What was stored stays: the retry finds its MessageUUID and only enqueues
+        # the answer again.
         with suppress(redis.RedisError):
             redis_client(settings.redis_url).delete(key)
         raise
@@ -86,7 +95,30 @@ def inbound_message():
     return "", 200
 
 
-def _apply(settings: Settings) -> tuple[str | None, str | None]:
+def _enqueue_reply(settings: Settings, inbound_id: int, message_uuid: str | None) -> None:
+    """Hand the keyword's answer to a worker. With the broker down, a message Plivo can
+    retry (it has a uuid) gets a 503, and the retry enqueues again; the worker's claim on
+    `replied_at` keeps the answer to one however often that happens."""
+    try:
+        enqueue_tasks(
+            settings.redis_url, SEND_KEYWORD_REPLY, WEBHOOKS_QUEUE, [{"inbound_id": inbound_id}]
+        )
+    except EnqueueError as error:
+        log_event(
+            log,
+            "inbound.reply_not_enqueued",
+            logging.WARNING,
+            inbound_id=inbound_id,
+            error=type(error.__cause__).__name__,
+        )
+        if message_uuid:
+            raise ApiError(
+                503, "unavailable", "cannot queue the keyword's answer now; retry later"
+            ) from None
+
+
+def _apply(settings: Settings) -> tuple[str | None, str | None, int | None]:
+    """(action, message uuid, id of a stored keyword message still owed its answer)."""
     form = request.form
     phone = _sender_number(form.get("From", ""))
     text = form.get("Text")
@@ -96,25 +128,33 @@ def _apply(settings: Settings) -> tuple[str | None, str | None]:
         with session_scope(settings.database_url) as session:
             # Plivo may deliver one inbound message twice (with a new nonce); acting twice
             # could undo a later START with an old STOP.
-            if message_uuid and session.scalar(
-                select(InboundMessage.id).where(InboundMessage.message_uuid == message_uuid)
-            ):
-                return None, message_uuid
-            session.add(
-                InboundMessage(
-                    message_uuid=message_uuid,
-                    phone=phone,
-                    to=form.get("To", "")[:32],
-                    text=text,
-                    intent=form.get("MessageIntent") or None,
-                    action=action,
-                )
+            if message_uuid:
+                seen = session.execute(
+                    select(
+                        InboundMessage.id, InboundMessage.action, InboundMessage.replied_at
+                    ).where(InboundMessage.message_uuid == message_uuid)
+                ).first()
+                if seen is not None:
+                    owed = seen.replied_at is None and reply_text(settings, seen.action)
+                    return None, message_uuid, seen.id if owed else None
+            message = InboundMessage(
+                message_uuid=message_uuid,
+                phone=phone,
+                to=_sender_number(form.get("To", ""))[:32],
+                text=text,
+                intent=form.get("MessageIntent") or None,
+                action=action,
             )
+            session.add(message)
             if action == "opt_out":
                 reason = (text or "").strip()[:200]
                 add_opt_outs(session, [phone], source="inbound", reason=reason)
             elif action == "opt_in":
                 remove_opt_out(session, phone)
+            session.flush()
+            inbound_id = message.id
     except IntegrityError:
-        return None, message_uuid  # the same message, delivered twice at once: the other won
-    return action, message_uuid
+        # The same message, delivered twice at once: the other one stored it and enqueues
+        # its answer.
+        return None, message_uuid, None
+    return action, message_uuid, inbound_id if reply_text(settings, action) else None

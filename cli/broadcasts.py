@@ -1,14 +1,19 @@
-"""Broadcast commands: send (and watch), list, show, recipients, retry, pause, resume, cancel."""
+"""Broadcast commands: send and mms (and watch), list, show, recipients, retry (and watch),
+pause, resume, cancel."""
 
 from __future__ import annotations
 
 import json
+import mimetypes
+import re
 import sys
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 import click
 
-from cli import reports
+from cli import quotes, reports, tables
 from cli.client import ApiClient, copy_stream, pass_client
 from cli.progress import WaitTimedOut, watch
 from cli.recipient_files import read_recipients, read_text
@@ -46,52 +51,214 @@ def _send_at(value: str | None) -> str | None:
     return moment.isoformat()
 
 
-def _text(text: str | None, text_file: str | None) -> str:
+def _text(text: str | None, text_file: str | None, template: str | None = None) -> str | None:
+    if template is not None:
+        if text is not None or text_file is not None:
+            raise click.UsageError("give --template or the message (--text/--text-file), not both")
+        return None
     if (text is None) == (text_file is None):
-        raise click.UsageError("give the message with exactly one of --text or --text-file")
+        raise click.UsageError(
+            "give the message with exactly one of --text or --text-file (or --template ID)"
+        )
     if text_file is not None:
         # Editors end files with a newline; sending it would cost a character per message.
         return read_text(text_file).rstrip("\r\n")
     return text or ""
 
 
+_CLOCK = r"([01]?\d|2[0-3]):[0-5]\d"
+
+
+def _quiet_hours(value: str | None) -> tuple[bool, dict | None]:
+    """(given, value): `21:00-08:00` → {"start", "end"}; `off` → null (none for this
+    broadcast); not given → the API's default (QUIET_HOURS)."""
+    if value is None:
+        return False, None
+    if value.strip().lower() == "off":
+        return True, None
+    found = re.fullmatch(rf"\s*({_CLOCK})\s*-\s*({_CLOCK})\s*", value)
+    if not found:
+        raise click.BadParameter(
+            f"{value!r} is not START-END such as 21:00-08:00, or off", param_hint="--quiet-hours"
+        )
+    start, end = found.group(1), found.group(3)
+    return True, {"start": start.zfill(5), "end": end.zfill(5)}
+
+
+def _fields(pairs: tuple[str, ...]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(
+                f"{pair!r} is not NAME=VALUE such as first_name=friend", param_hint="--field"
+            )
+        fields[name.strip()] = value
+    return fields
+
+
+def _max_cost(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        amount = Decimal(-1)
+    if not amount.is_finite() or amount < 0:
+        raise click.BadParameter(
+            f"{value!r} is not an amount such as 25.00", param_hint="--max-cost"
+        )
+    return float(amount)
+
+
+def _senders(senders: str | None, sender_pool: str | None, sender: str | None) -> dict:
+    if sum(value is not None for value in (sender, senders, sender_pool)) > 1:
+        raise click.UsageError("give one of --sender, --senders or --sender-pool")
+    if senders is not None:
+        pool = [part.strip() for part in senders.split(",") if part.strip()]
+        if not pool:
+            raise click.BadParameter("no sender in the list", param_hint="--senders")
+        return {"senders": pool}
+    if sender_pool is not None:
+        return {"sender_pool": sender_pool}
+    return {"sender": sender} if sender is not None else {}
+
+
 def _final_exit(broadcast: dict) -> int:
     return EXIT_COMPLETED if broadcast.get("status") == "completed" else EXIT_NOT_ALL_SENT
 
 
+def _recipients(numbers: tuple[str, ...], files: tuple[str, ...]) -> list[str]:
+    recipients = [n.strip() for n in numbers if n.strip()]
+    for path in files:
+        recipients += read_recipients(path)
+    return recipients
+
+
+def _watch_options(command):
+    """--wait, --interval and --max-wait, as every command that can follow a broadcast has."""
+    for option in reversed(
+        [
+            click.option(
+                "--wait", is_flag=True, help="Watch progress until final; exit 0 only if all sent."
+            ),
+            click.option(
+                "--interval",
+                type=click.FloatRange(min=0.1),
+                default=2.0,
+                show_default=True,
+                help="Seconds between polls with --wait.",
+            ),
+            click.option(
+                "--max-wait",
+                type=click.FloatRange(min=0),
+                help="Stop watching after this many seconds (exit 3; the broadcast goes on).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+_AUDIENCE = [
+    click.option("--to", "numbers", multiple=True, metavar="NUMBER", help="A recipient; repeat."),
+    click.option(
+        "--file",
+        "files",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+        help="CSV (phone column, else the first) or text file, one number per line; '-' is stdin.",
+    ),
+]
+
+
+def _audience_options(command):
+    for option in reversed(_AUDIENCE):
+        command = option(command)
+    return command
+
+
+def _submit(
+    ctx: click.Context,
+    client: ApiClient,
+    path: str,
+    payload: dict,
+    idempotency_key: str | None,
+    wait: bool,
+    interval: float,
+    max_wait: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """POST a new broadcast, print the answer, and with --wait follow it to the end."""
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    body = client.call("POST", path, json=payload, headers=headers)
+    if quiet:
+        click.echo(body["id"])
+    elif as_json and not wait:
+        print_json(body)
+    elif not as_json:
+        click.echo(reports.accepted(body))
+    if not wait:
+        return
+    broadcast = _watch(client, body["id"], interval, max_wait)
+    if as_json:
+        print_json(broadcast)
+    elif not quiet:
+        click.echo("")
+        click.echo(reports.summary(broadcast))
+    ctx.exit(_final_exit(broadcast))
+
+
 @click.command()
-@click.option("--to", "numbers", multiple=True, metavar="NUMBER", help="A recipient; repeat.")
+@_audience_options
 @click.option(
-    "--file",
-    "files",
+    "--list",
+    "list_ids",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
-    help="CSV (phone column, else the first) or text file, one number per line; '-' is stdin.",
+    metavar="ID",
+    help="A contact list whose contacts (and their fields) get it; repeat.",
 )
-@click.option("--text", help="The message.")
+@click.option("--text", help="The message; {first_name} and the like are filled per recipient.")
 @click.option(
     "--text-file",
     type=click.Path(exists=True, dir_okay=False, allow_dash=True),
     help="Read the message from a UTF-8 file (trailing newlines dropped).",
 )
+@click.option("--template", metavar="ID", help="A stored template instead of --text.")
+@click.option(
+    "--field",
+    "field_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A default for a placeholder, for recipients without their own; repeat.",
+)
+@click.option("--name", help="What to call the broadcast in listings ('Spring sale').")
 @click.option("--sender", help="Sender number or alphanumeric id (default: the API's).")
+@click.option("--senders", metavar="A,B,C", help="A pool of senders; each recipient sticks to one.")
+@click.option("--sender-pool", metavar="NAME", help="A sender pool configured in SENDER_POOLS.")
+@click.option(
+    "--quiet-hours",
+    metavar="START-END|off",
+    help="No texts in this window of each recipient's local time (21:00-08:00), or off; "
+    "default: the API's QUIET_HOURS.",
+)
+@click.option(
+    "--append-opt-out-text", is_flag=True, help="Add the opt-out line (OPT_OUT_TEXT) to the text."
+)
+@click.option(
+    "--max-cost", metavar="AMOUNT", help="Refuse the broadcast if its estimate is higher."
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the quote (countries, encoding, segments, cost, duration); send nothing.",
+)
 @click.option("--skip-invalid", is_flag=True, help="Send to the valid numbers and count the rest.")
 @click.option("--idempotency-key", help="Resending with the same key returns the same broadcast.")
 @click.option("--send-at", help="Start at this ISO 8601 time with zone (scheduled broadcast).")
 @click.option("--callback-url", help="Where the API POSTs a signed notice once it is final.")
-@click.option("--wait", is_flag=True, help="Watch progress until final; exit 0 only if all sent.")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0.1),
-    default=2.0,
-    show_default=True,
-    help="Seconds between polls with --wait.",
-)
-@click.option(
-    "--max-wait",
-    type=click.FloatRange(min=0),
-    help="Stop watching after this many seconds (exit 3; the broadcast goes on).",
-)
+@_watch_options
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the broadcast id.")
 @pass_client
@@ -101,9 +268,19 @@ def send(
     client: ApiClient,
     numbers: tuple[str, ...],
     files: tuple[str, ...],
+    list_ids: tuple[str, ...],
     text: str | None,
     text_file: str | None,
+    template: str | None,
+    field_pairs: tuple[str, ...],
+    name: str | None,
     sender: str | None,
+    senders: str | None,
+    sender_pool: str | None,
+    quiet_hours: str | None,
+    append_opt_out_text: bool,
+    max_cost: str | None,
+    dry_run: bool,
     skip_invalid: bool,
     idempotency_key: str | None,
     send_at: str | None,
@@ -120,13 +297,125 @@ def send(
     Exit status with --wait: 0 completed, 1 completed with failures or cancelled,
     2 usage or API error, 3 still running after --max-wait.
     """
-    message = _text(text, text_file)
-    recipients = [n.strip() for n in numbers if n.strip()]
-    for path in files:
-        recipients += read_recipients(path)
+    message = _text(text, text_file, template)
+    recipients = _recipients(numbers, files)
+    if not recipients and not list_ids:
+        raise click.UsageError("no recipients: give --to NUMBER, --file FILE or --list ID")
+    if dry_run and wait:
+        raise click.UsageError("--dry-run sends nothing, so there is nothing to --wait for")
+    payload: dict = {"recipients": recipients} if recipients else {}
+    if list_ids:
+        payload["list_ids"] = list(list_ids)
+    if template is not None:
+        payload["template_id"] = template
+    else:
+        payload["text"] = message
+    if field_pairs:
+        payload["fields"] = _fields(field_pairs)
+    if name is not None:
+        payload["name"] = name
+    payload |= _senders(senders, sender_pool, sender)
+    given, hours = _quiet_hours(quiet_hours)
+    if given:
+        payload["quiet_hours"] = hours
+    if append_opt_out_text:
+        payload["append_opt_out_text"] = True
+    if (cost := _max_cost(max_cost)) is not None:
+        payload["max_cost"] = cost
+    if skip_invalid:
+        payload["skip_invalid"] = True
+    if callback_url is not None:
+        payload["callback_url"] = callback_url
+    if send_at is not None:
+        payload["send_at"] = _send_at(send_at)
+    if dry_run:
+        payload["dry_run"] = True
+        quote = client.call("POST", "/v1/broadcasts", json=payload)
+        if as_json:
+            print_json(quote)
+        else:
+            tables.show(quotes.render(quote))
+        return
+    _submit(
+        ctx, client, "/v1/broadcasts", payload, idempotency_key, wait, interval, max_wait,
+        as_json, quiet,
+    )  # fmt: skip
+
+
+def _upload(client: ApiClient, path: str) -> str:
+    """A local file into Plivo's media store (POST /v1/media); its media_id."""
+    kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    with open(path, "rb") as data:
+        body = client.call("POST", "/v1/media", files={"file": (Path(path).name, data, kind)})
+    return body["media_id"]
+
+
+@click.command()
+@_audience_options
+@click.option("--text", help="Words to go with the media (optional).")
+@click.option(
+    "--media-url",
+    "media_urls",
+    multiple=True,
+    metavar="URL",
+    help="A public https URL of an image, video or audio file; repeat.",
+)
+@click.option(
+    "--media",
+    "media_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A local file, uploaded first (POST /v1/media); repeat.",
+)
+@click.option("--media-id", "media_ids", multiple=True, metavar="ID", help="An uploaded media id.")
+@click.option("--sender", help="Sender number (default: the API's).")
+@click.option("--skip-invalid", is_flag=True, help="Send to the valid numbers and count the rest.")
+@click.option("--idempotency-key", help="Resending with the same key returns the same broadcast.")
+@click.option("--send-at", help="Start at this ISO 8601 time with zone (scheduled broadcast).")
+@click.option("--callback-url", help="Where the API POSTs a signed notice once it is final.")
+@_watch_options
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the broadcast id.")
+@pass_client
+@click.pass_context
+def mms(
+    ctx: click.Context,
+    client: ApiClient,
+    numbers: tuple[str, ...],
+    files: tuple[str, ...],
+    text: str | None,
+    media_urls: tuple[str, ...],
+    media_files: tuple[str, ...],
+    media_ids: tuple[str, ...],
+    sender: str | None,
+    skip_invalid: bool,
+    idempotency_key: str | None,
+    send_at: str | None,
+    callback_url: str | None,
+    wait: bool,
+    interval: float,
+    max_wait: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Send a picture message to US and Canadian numbers (POST /v1/mms).
+
+    \b
+    Exit status as for send.
+    """
+    recipients = _recipients(numbers, files)
     if not recipients:
         raise click.UsageError("no recipients: give --to NUMBER or --file FILE")
-    payload: dict = {"recipients": recipients, "text": message}
+    if not (media_urls or media_files or media_ids):
+        raise click.UsageError("no media: give --media-url URL, --media FILE or --media-id ID")
+    ids = list(media_ids) + [_upload(client, path) for path in media_files]
+    payload: dict = {"recipients": recipients}
+    if text is not None:
+        payload["text"] = text
+    if media_urls:
+        payload["media_urls"] = list(media_urls)
+    if ids:
+        payload["media_ids"] = ids
     if sender is not None:
         payload["sender"] = sender
     if skip_invalid:
@@ -135,23 +424,9 @@ def send(
         payload["callback_url"] = callback_url
     if send_at is not None:
         payload["send_at"] = _send_at(send_at)
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    body = client.call("POST", "/v1/broadcasts", json=payload, headers=headers)
-    if quiet:
-        click.echo(body["id"])
-    elif as_json and not wait:
-        print_json(body)
-    elif not as_json:
-        click.echo(reports.accepted(body))
-    if not wait:
-        return
-    broadcast = _watch(client, body["id"], interval, max_wait)
-    if as_json:
-        print_json(broadcast)
-    elif not quiet:
-        click.echo("")
-        click.echo(reports.summary(broadcast))
-    ctx.exit(_final_exit(broadcast))
+    _submit(
+        ctx, client, "/v1/mms", payload, idempotency_key, wait, interval, max_wait, as_json, quiet
+    )
 
 
 def _watch(client: ApiClient, broadcast_id: str, interval: float, max_wait: float | None) -> dict:
@@ -204,6 +479,18 @@ def show(
         ctx.exit(_final_exit(broadcast))
 
 
+# Names may be 200 characters; a listing shows the start of each.
+NAME_SHOWN = 40
+
+
+def _sender_cell(row: dict) -> str | None:
+    """The broadcast's sender, or its pool (`+1415…0001 +2`)."""
+    pool = row.get("senders")
+    if isinstance(pool, list) and len(pool) > 1:
+        return f"{pool[0]} +{len(pool) - 1}"
+    return row.get("sender")
+
+
 def _percent(row: dict) -> str:
     progress = row.get("progress") or {}
     percent = progress.get("percent")
@@ -243,7 +530,8 @@ def list_broadcasts(
     if not broadcasts:
         click.echo("no broadcasts" + (f" with status {', '.join(statuses)}" if statuses else ""))
         return
-    headers = ["id", "kind", "status", "created", "accepted", "skipped", "invalid", "sender"]
+    headers = ["id", "name", "kind", "status", "created", "accepted", "skipped", "invalid"]
+    headers.append("sender")
     # Progress costs the API a count per broadcast, so a listing may leave it out.
     with_progress = any("progress" in row for row in broadcasts)
     if with_progress:
@@ -253,18 +541,27 @@ def list_broadcasts(
         counts = row.get("counts") or {}
         cells = [
             row.get("id"),
+            row.get("name"),  # None for broadcasts from before names
             row.get("kind"),
             row.get("status"),
             reports.when(row.get("created_at")),
             counts.get("accepted"),
             counts.get("skipped"),
             counts.get("invalid"),
-            row.get("sender"),
+            _sender_cell(row),
         ]
         if with_progress:
             cells.append(_percent(row))
         rows.append(cells)
-    click.echo(reports.table(headers, rows))
+    tables.show(
+        tables.table(
+            headers,
+            rows,
+            right=("accepted", "skipped", "invalid", "done"),
+            keep_whole=("id",),
+            widest={"name": NAME_SHOWN},
+        )
+    )
     if body.get("next_cursor"):
         click.echo(f"\nmore: bulksms list --limit {limit} --cursor {body['next_cursor']}")
 
@@ -355,9 +652,25 @@ def recipients(
     "already have been delivered, so they are retried only when named.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@_watch_options
 @pass_client
-def retry(client: ApiClient, broadcast_id: str, statuses: tuple[str, ...], as_json: bool) -> None:
-    """Send again to the recipients in the given statuses (new batches)."""
+@click.pass_context
+def retry(
+    ctx: click.Context,
+    client: ApiClient,
+    broadcast_id: str,
+    statuses: tuple[str, ...],
+    as_json: bool,
+    wait: bool,
+    interval: float,
+    max_wait: float | None,
+) -> None:
+    """Send again to the recipients in the given statuses (new batches).
+
+    \b
+    With --wait, follow the broadcast until final, as `send --wait`: exit 0 only if
+    nothing failed this time; 1 if failures remain; 3 still running after --max-wait.
+    """
     wanted = list(statuses or DEFAULT_RETRY_STATUSES)
     body = client.call(
         "POST",
@@ -365,15 +678,25 @@ def retry(client: ApiClient, broadcast_id: str, statuses: tuple[str, ...], as_js
         json={"statuses": wanted},
         broadcast_id=broadcast_id,
     )
-    if as_json:
+    if as_json and not wait:
         print_json(body)
         return
-    click.echo(
-        f"retrying {body.get('retried', 0):,} recipient(s) ({', '.join(wanted)}) in "
-        f"{body.get('batches_enqueued', 0):,} batch(es); "
-        f"{body.get('skipped', 0):,} skipped (opted out)"
-    )
+    if not as_json:
+        click.echo(
+            f"retrying {body.get('retried', 0):,} recipient(s) ({', '.join(wanted)}) in "
+            f"{body.get('batches_enqueued', 0):,} batch(es); "
+            f"{body.get('skipped', 0):,} skipped (opted out)"
+        )
     _warn(body)
+    if not wait:
+        return
+    broadcast = _watch(client, broadcast_id, interval, max_wait)
+    if as_json:
+        print_json(broadcast)
+    else:
+        click.echo("")
+        click.echo(reports.summary(broadcast))
+    ctx.exit(_final_exit(broadcast))
 
 
 def _warn(body: dict) -> None:
@@ -410,4 +733,4 @@ pause = _action("pause", "Start no new batches; calls already in flight finish."
 resume = _action("resume", "Carry on with a paused broadcast.")
 cancel = _action("cancel", "Stop for good: recipients not yet sent become skipped (cancelled).")
 
-COMMANDS = (send, list_broadcasts, show, recipients, retry, pause, resume, cancel)
+COMMANDS = (send, mms, list_broadcasts, show, recipients, retry, pause, resume, cancel)

@@ -1,6 +1,9 @@
-"""`bulksms opt-outs`: import a list of numbers that must never be texted, export the list."""
+"""`bulksms opt-outs`: import a list of numbers that must never be texted, export the list,
+take a number off it."""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 import click
 
@@ -51,3 +54,16 @@ def export_opt_outs(client: ApiClient, output: str) -> None:
             _, lines = copy_stream(chunks, out)
     if output != "-":
         click.echo(f"wrote {max(0, lines - 1):,} opt-out(s) to {output}", err=True)
+
+
+@opt_outs.command("remove")
+@click.argument("number")
+@pass_client
+def remove_opt_out(client: ApiClient, number: str) -> None:
+    """Take NUMBER off the list, so broadcasts may text it again (admin key).
+
+    Only for someone who asked to be texted again: a person who replied STOP is put back on
+    the list by their START reply anyway. The removal is in the audit trail."""
+    # Quoted: "+1 415..." as typed must stay one path segment; the API normalises it.
+    client.request("DELETE", f"/v1/opt-outs/{quote(number, safe='')}")
+    click.echo(f"removed {number} from the opt-out list")

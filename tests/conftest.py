@@ -25,7 +25,20 @@ from sqlalchemy import delete
 from sandbox.server import serve_in_thread
 from shared.config import Settings
 from shared.db import session_scope
-from shared.models import ApiKey, AuditEvent, Batch, Broadcast, OptOut, Recipient
+from shared.models import (
+    ApiKey,
+    AuditEvent,
+    Batch,
+    Broadcast,
+    ConsoleSession,
+    Contact,
+    ContactList,
+    ContactSender,
+    InboundMessage,
+    OptOut,
+    Recipient,
+    Template,
+)
 from tests import services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +80,10 @@ def database_url(request, tmp_path_factory) -> str:
 def db(database_url) -> str:
     """A migrated, empty database for this test."""
     with session_scope(database_url) as session:
-        for model in (Recipient, Batch, Broadcast, OptOut, ApiKey, AuditEvent):
+        for model in (
+            Recipient, Batch, Broadcast, OptOut, ApiKey, AuditEvent, InboundMessage,
+            Contact, ContactList, Template, ContactSender, ConsoleSession,
+        ):  # fmt: skip
             session.execute(delete(model))
     return database_url
 

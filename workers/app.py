@@ -10,6 +10,7 @@ from shared.logs import log_event
 from shared.taskqueue import celery_app
 from workers import (  # noqa: F401  (importing registers the tasks)
     delivery_reports,
+    keyword_replies,
     notifications,
     reconciler,
     sending,
