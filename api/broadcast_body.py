@@ -119,6 +119,10 @@ class Broadcast(BroadcastBrief):
     eta_seconds: float | None = Field(description="Until every recipient is handed to Plivo")
     waiting_for: str | None
     pacing: dict[str, Any] | None = Field(description="The limits in force, what goes first")
+    held: dict[str, Any] | None = Field(
+        default=None,
+        description="Recipients quiet hours hold: how many, the first and last release",
+    )
     reports_due_by: datetime | None = Field(description="When missing reports are looked up")
     sent_no_report: int = Field(description="Sent; Plivo had no final status when asked")
     resolutions: dict[str, Any] = Field(description="Batches of unknown outcome looked up")

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 import redis
-from sqlalchemy import and_, event, exists, func, select, update
+from sqlalchemy import and_, event, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import timelines
@@ -33,6 +33,7 @@ from shared.models import (
     utcnow,
 )
 from shared.opt_outs import opted_out_among
+from shared.quiet_hours import parse_window, release_at
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +95,28 @@ def resume(session: Session, broadcast_id: uuid.UUID) -> tuple[str, list[int]]:
     broadcast.status_reason = None
     if broadcast.status == BroadcastStatus.SCHEDULED:
         return broadcast.status, []
+    # Batches quiet hours still hold stay held (the reconciler sends them when the hold
+    # ends); a hold already over is simply dropped.
+    held = and_(Batch.hold_until.is_not(None), Batch.hold_until > now)
     pending = list(
         session.scalars(
             select(Batch.id).where(
-                Batch.broadcast_id == broadcast_id, Batch.status == BatchStatus.PENDING
+                Batch.broadcast_id == broadcast_id, Batch.status == BatchStatus.PENDING, ~held
             )
         )
     )
     if pending:
         # Any slot still kept (pause could not reach Redis) is dropped too: they book afresh
         # in their sender's line, never after abandoned slots.
-        session.execute(
-            update(Batch)
-            .where(Batch.id.in_(pending), Batch.status == BatchStatus.PENDING)
-            .values(not_before=None, slot_at=None, enqueued_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        for chunk in chunked(pending):
+            session.execute(
+                update(Batch)
+                .where(Batch.id.in_(chunk), Batch.status == BatchStatus.PENDING)
+                .values(
+                    not_before=None, slot_at=None, hold_until=None, enqueued_at=now, updated_at=now
+                )
+                .execution_options(synchronize_session=False)
+            )
     return broadcast.status, pending
 
 
@@ -138,7 +145,7 @@ def release_pacing(session: Session, broadcast: Broadcast, settings: Settings | 
         return
     now = utcnow()
     booked = session.execute(
-        select(Batch.id, Batch.slot_at)
+        select(Batch.id, Batch.slot_at, Batch.sender)
         .where(
             Batch.broadcast_id == broadcast.id,
             Batch.status == BatchStatus.PENDING,
@@ -146,8 +153,16 @@ def release_pacing(session: Session, broadcast: Broadcast, settings: Settings | 
         )
         .with_for_update()
     ).all()
-    members = []
-    for batch_id, slot_at in booked:
+    # A pooled broadcast's batches carry their own sender: each gives back on its own.
+    senders = {broadcast.sender} | set(
+        session.scalars(
+            select(Batch.sender)
+            .where(Batch.broadcast_id == broadcast.id, Batch.sender.is_not(None))
+            .distinct()
+        )
+    )
+    members: dict[str, list[str]] = {sender: [] for sender in senders}
+    for batch_id, slot_at, batch_sender in booked:
         # Only a batch still pending (no worker has claimed it since) gives its slot back:
         # a claimed one may be about to send at it.
         dropped = session.execute(
@@ -161,15 +176,19 @@ def release_pacing(session: Session, broadcast: Broadcast, settings: Settings | 
             .execution_options(synchronize_session=False)
         ).rowcount
         if dropped:
-            members.append(timelines.booking_member(batch_id, as_utc(slot_at)))
-    wake_waiting(session, broadcast.kind, broadcast.sender)
-    kind, sender, broadcast_id = broadcast.kind, broadcast.sender, broadcast.id
+            member = timelines.booking_member(batch_id, as_utc(slot_at))
+            members[batch_sender or broadcast.sender].append(member)
+    for sender in senders:
+        wake_waiting(session, broadcast.kind, sender)
+    kind, broadcast_id = broadcast.kind, broadcast.id
 
     def give_back_after_commit(_session: Session) -> None:
         # After commit: given back first, a batch could still be sent at the slot.
+        freed, left = 0.0, 0
         try:
-            freed = timelines.give_back(settings, kind, sender, members)
-            left = timelines.leave_line(settings, kind, sender, broadcast_id)
+            for sender, given in members.items():
+                freed = max(freed, timelines.give_back(settings, kind, sender, given))
+                left += timelines.leave_line(settings, kind, sender, broadcast_id)
         except redis.RedisError as error:
             # The slots then simply pass unused (at most the pacing horizon), and the line
             # forgets the batches once they are overdue.
@@ -185,8 +204,8 @@ def release_pacing(session: Session, broadcast: Broadcast, settings: Settings | 
             log,
             "pacing.released",
             broadcast_id=broadcast_id,
-            sender=sender,
-            slots=len(members),
+            senders=len(members),
+            slots=sum(len(given) for given in members.values()),
             seconds_freed=round(freed, 3),
             left_line=left,
         )
@@ -202,16 +221,26 @@ def wake_waiting(session: Session, kind: str | None = None, sender: str | None =
     conditions = [Broadcast.id == Batch.broadcast_id]
     if kind is not None:
         conditions.append(Broadcast.kind == kind)
+    where = [
+        Batch.status == BatchStatus.PENDING,
+        Batch.slot_at.is_(None),
+        Batch.not_before.is_not(None),
+        exists().where(and_(*conditions)),
+    ]
     if sender is not None:
-        conditions.append(Broadcast.sender == sender)
+        # A batch's own sender (a pool's) wins over its broadcast's.
+        where.append(
+            or_(
+                Batch.sender == sender,
+                and_(
+                    Batch.sender.is_(None),
+                    exists().where(Broadcast.id == Batch.broadcast_id, Broadcast.sender == sender),
+                ),
+            )
+        )
     return session.execute(
         update(Batch)
-        .where(
-            Batch.status == BatchStatus.PENDING,
-            Batch.slot_at.is_(None),
-            Batch.not_before.is_not(None),
-            exists().where(and_(*conditions)),
-        )
+        .where(*where)
         .values(not_before=None, enqueued_at=None, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -233,7 +262,8 @@ def sweep_cancelled(session: Session, broadcast_id: uuid.UUID) -> int:
         session.execute(
             update(Batch)
             .where(Batch.id.in_(chunk), Batch.status == BatchStatus.PENDING)
-            .values(status=BatchStatus.CANCELLED, updated_at=now)
+            # Out of the partial index of held batches too: nothing will release them.
+            .values(status=BatchStatus.CANCELLED, hold_until=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
         skipped += session.execute(
@@ -260,23 +290,32 @@ def retry(
     broadcast = _locked(session, broadcast_id)
     if broadcast.status in (BroadcastStatus.CANCELLED, BroadcastStatus.SCHEDULED):
         raise ActionRefused(f"the broadcast is {broadcast.status}")
-    final_batch = select(Batch.id).where(
-        Batch.broadcast_id == broadcast_id, Batch.status.in_(BatchStatus.FINAL)
-    )
+    # Each recipient keeps what its batch sent: a pooled sender (people see one number), a
+    # personalised text, its zone for quiet hours.
     rows = session.execute(
-        select(Recipient.id, Recipient.phone)
+        select(
+            Recipient.id,
+            Recipient.phone,
+            Batch.sender,
+            Batch.text,
+            Batch.encoding,
+            Batch.segments,
+            Batch.zone,
+        )
+        .join(Batch, Batch.id == Recipient.batch_id)
         .where(
             Recipient.broadcast_id == broadcast_id,
             Recipient.status.in_(statuses),
-            Recipient.batch_id.in_(final_batch),
+            Batch.broadcast_id == broadcast_id,
+            Batch.status.in_(BatchStatus.FINAL),
         )
         .order_by(Recipient.id)
     ).all()
     if not rows:
         return RetryPlan(0, 0, [])
-    blocked = opted_out_among(session, [phone for _, phone in rows])
+    blocked = opted_out_among(session, [row.phone for row in rows])
     now = utcnow()
-    skip_ids = [rid for rid, phone in rows if phone in blocked]
+    skip_ids = [row.id for row in rows if row.phone in blocked]
     for chunk in chunked(skip_ids):
         session.execute(
             update(Recipient)
@@ -284,46 +323,63 @@ def retry(
             .values(status=RecipientStatus.SKIPPED, error_reason="opted out", updated_at=now)
             .execution_options(synchronize_session=False)
         )
-    send_ids = [rid for rid, phone in rows if phone not in blocked]
+    groups: dict[tuple, list[int]] = {}
+    for row in rows:
+        if row.phone not in blocked:
+            key = (row.sender, row.text, row.encoding, row.segments, row.zone)
+            groups.setdefault(key, []).append(row.id)
+    window = parse_window(broadcast.quiet_hours) if broadcast.quiet_hours else None
     batch_size = settings.batch_size_for(broadcast.kind)
-    next_seq = (
+    seq = (
         session.scalar(select(func.max(Batch.seq)).where(Batch.broadcast_id == broadcast_id)) or 0
     ) + 1
     batch_ids = []
-    for offset in range(0, len(send_ids), batch_size):
-        ids = send_ids[offset : offset + batch_size]
-        batch = Batch(
-            broadcast_id=broadcast_id,
-            seq=next_seq + offset // batch_size,
-            size=len(ids),
-            status=BatchStatus.PENDING,
-            attempts=0,
-            enqueued_at=now,
-        )
-        session.add(batch)
-        session.flush()
-        batch_ids.append(batch.id)
-        for chunk in chunked(ids):
-            session.execute(
-                update(Recipient)
-                .where(Recipient.id.in_(chunk))
-                .values(
-                    batch_id=batch.id,
-                    status=RecipientStatus.PENDING,
-                    message_uuid=None,
-                    error_code=None,
-                    error_reason=None,
-                    sent_at=None,
-                    finished_at=None,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
+    for (sender, text, encoding, segments, zone), send_ids in groups.items():
+        # Held now if the recipients' night has begun since; the reconciler sends it later.
+        hold_until = release_at(zone, window, now) if zone and window else None
+        for offset in range(0, len(send_ids), batch_size):
+            ids = send_ids[offset : offset + batch_size]
+            batch = Batch(
+                broadcast_id=broadcast_id,
+                seq=seq,
+                size=len(ids),
+                status=BatchStatus.PENDING,
+                attempts=0,
+                enqueued_at=None if hold_until else now,
+                sender=sender,
+                text=text,
+                encoding=encoding,
+                segments=segments,
+                zone=zone,
+                hold_until=hold_until,
             )
-    if batch_ids and broadcast.status != BroadcastStatus.PAUSED:
+            seq += 1
+            session.add(batch)
+            session.flush()
+            if hold_until is None:
+                batch_ids.append(batch.id)
+            for chunk in chunked(ids):
+                session.execute(
+                    update(Recipient)
+                    .where(Recipient.id.in_(chunk))
+                    .values(
+                        batch_id=batch.id,
+                        status=RecipientStatus.PENDING,
+                        message_uuid=None,
+                        error_code=None,
+                        error_reason=None,
+                        sent_at=None,
+                        finished_at=None,
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+    send_count = sum(len(ids) for ids in groups.values())
+    if groups and broadcast.status != BroadcastStatus.PAUSED:
         broadcast.status = BroadcastStatus.SENDING
     broadcast.finished_at = None
     broadcast.notified_at = None
-    return RetryPlan(len(send_ids), len(skip_ids), batch_ids)
+    return RetryPlan(send_count, len(skip_ids), batch_ids)
 
 
 def start_due(session: Session) -> int:

@@ -156,6 +156,8 @@ _REGION_DEPTH = 6
 # prefix → region, only for answers phonenumbers gave from a valid number: an invalid first
 # sample must not decide for its whole prefix.
 _REGION_BY_PREFIX: dict[str, str] = {}
+# NANPA has about 200,000 area code + exchange pairs in use: room for all, and a bound.
+_REGION_CACHE_MAX = 500_000
 
 
 def country_of(number: str) -> str:
@@ -183,6 +185,8 @@ def country_of(number: str) -> str:
             PhoneNumber(country_code=code, national_number=int(national))
         )
         if region:
+            if len(_REGION_BY_PREFIX) >= _REGION_CACHE_MAX:
+                _REGION_BY_PREFIX.clear()  # bounded memory; refilled from the next numbers
             _REGION_BY_PREFIX[key] = region
     return region or UNKNOWN_COUNTRY
 

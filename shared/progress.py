@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import redis
@@ -189,19 +190,21 @@ def eta_seconds(
 def outlook(
     session: Session, broadcast: Broadcast, summary: dict, settings: Settings, rate: float
 ) -> dict:
-    """The ETA and, when the broadcast is waiting (on its sender's pacing, or on delivery
-    reports), what for: `eta_seconds`, `waiting_for` (a sentence, or None) and `pacing`
-    (the limits in force, how far the sender is booked, what waits before this broadcast)."""
+    """The ETA and, when the broadcast is waiting (on its senders' pacing, on quiet hours, or
+    on delivery reports), what for: `eta_seconds` (quiet-hours waits included), `waiting_for`
+    (a sentence, or None), `pacing` (the limits in force, how far the senders are booked,
+    what waits before this broadcast) and `held` (recipients quiet hours hold: how many,
+    the first and last release)."""
     by_status = summary["recipients"]["by_status"]
     pending = by_status.get("pending", 0)
     reached = progress(summary, settings.status_callback_url is not None)
     unsettled = max(0, reached["total"] - reached["final"] - pending)
-    answer: dict = {"eta_seconds": None, "waiting_for": None, "pacing": None}
+    answer: dict = {"eta_seconds": None, "waiting_for": None, "pacing": None, "held": None}
     if broadcast.status in BroadcastStatus.FINAL:
         return answer
     now = utcnow()
     try:
-        view = timelines.outlook(settings, broadcast.kind, broadcast.sender, broadcast.id)
+        view = _pacing_view(session, settings, broadcast)
     except redis.RedisError:
         view = None
     if view is not None:
@@ -221,9 +224,17 @@ def outlook(
     wait = booked_for
     if broadcast.scheduled_at is not None and broadcast.status == BroadcastStatus.SCHEDULED:
         wait = max(wait, (as_utc(broadcast.scheduled_at) - now).total_seconds())
+    holds = _holds(session, broadcast.id) if pending and broadcast.quiet_hours else []
+    held = sum(count for _, count in holds)
+    if holds:
+        answer["held"] = {
+            "recipients": held,
+            "first_release": iso(holds[0][0]),
+            "last_release": iso(holds[-1][0]),
+        }
     if broadcast.status != BroadcastStatus.PAUSED:
-        answer["eta_seconds"] = eta_seconds(
-            pending, mps, rate, ahead=ahead, wait=wait, unsettled=unsettled
+        answer["eta_seconds"] = _eta_with_holds(
+            pending - held, holds, mps, rate, ahead=ahead, wait=wait, unsettled=unsettled, now=now
         )
     if broadcast.status not in BroadcastStatus.SENDABLE:
         return answer
@@ -233,12 +244,27 @@ def outlook(
                 Batch.broadcast_id == broadcast.id, Batch.status == BatchStatus.PENDING
             )
         )
+        reasons = []
         if next_send is not None and as_utc(next_send) - now > timedelta(
             seconds=settings.pacing_max_sleep
         ):
-            answer["waiting_for"] = _pacing_reason(
-                broadcast.sender, booked_until if booked_for > 0 else None, ahead, mps, next_send
+            reasons.append(
+                _pacing_reason(
+                    view.sender if view is not None else broadcast.sender,
+                    booked_until if booked_for > 0 else None,
+                    ahead,
+                    mps,
+                    next_send,
+                )
             )
+        if holds:
+            window = broadcast.quiet_hours
+            reasons.append(
+                f"quiet hours ({window['start']}-{window['end']} in the recipients' local time):"
+                f" {held:,} recipients wait, the first until {_clock(holds[0][0])}"
+            )
+        if reasons:
+            answer["waiting_for"] = "; ".join(reasons)
     elif unsettled:
         last_sent = session.scalar(
             select(func.max(Batch.submitted_at)).where(Batch.broadcast_id == broadcast.id)
@@ -250,6 +276,103 @@ def outlook(
             answer["reports_due_by"] = iso(lookup)
         answer["waiting_for"] = reason
     return answer
+
+
+def _holds(session: Session, broadcast_id) -> list[tuple[datetime, int]]:
+    """(hold end, pending recipients) of the batches quiet hours hold, earliest first."""
+    rows = session.execute(
+        select(Batch.hold_until, func.count(Recipient.id))
+        .join(Recipient, Recipient.batch_id == Batch.id)
+        .where(
+            Batch.broadcast_id == broadcast_id,
+            Batch.status == BatchStatus.PENDING,
+            Batch.hold_until.is_not(None),
+            Recipient.status == RecipientStatus.PENDING,
+        )
+        .group_by(Batch.hold_until)
+        .order_by(Batch.hold_until)
+    ).all()
+    return [(as_utc(until), count) for until, count in rows]
+
+
+def _eta_with_holds(
+    free: int,
+    holds: list[tuple[datetime, int]],
+    mps: float,
+    rate: float,
+    *,
+    ahead: int,
+    wait: float,
+    unsettled: int,
+    now: datetime,
+) -> float | None:
+    """`eta_seconds` for the recipients free to go, and for the held ones: each group
+    released at its hold's end, then paced with everyone released after it."""
+    eta = eta_seconds(free, mps, rate, ahead=ahead, wait=wait, unsettled=0 if holds else unsettled)
+    if not holds:
+        return eta
+    if free and eta is None:
+        return None
+    speed = mps if mps > 0 else rate
+    finish = eta or 0.0
+    remaining = sum(count for _, count in holds)
+    for until, count in holds:
+        start = max(wait, (until - now).total_seconds())
+        finish = max(finish, start + (remaining / speed if speed > 0 else 0.0))
+        remaining -= count
+    return round(finish, 1)
+
+
+@dataclass(frozen=True)
+class _PoolView:
+    """A pooled broadcast's pacing: its senders side by side, under one account limit."""
+
+    now: float
+    booked_until: float
+    account_mps: float
+    sender_mps: float  # the pool's senders together (0: no sender limit)
+    mps: float
+    ahead: int
+    own_waiting: int
+    sender: str  # as shown: the sender, or "pool of N"
+
+
+# Looked up per sender; a larger pool is shown by its first few.
+POOL_SENDERS_SHOWN = 20
+
+
+def _pacing_view(session: Session, settings: Settings, broadcast: Broadcast) -> _PoolView:
+    senders = list(
+        session.scalars(
+            select(Batch.sender)
+            .where(
+                Batch.broadcast_id == broadcast.id,
+                Batch.status == BatchStatus.PENDING,
+                Batch.sender.is_not(None),
+            )
+            .distinct()
+            .limit(POOL_SENDERS_SHOWN)
+        )
+    )
+    if not senders or broadcast.sender not in senders:
+        senders.insert(0, broadcast.sender)
+    views = [
+        timelines.outlook(settings, broadcast.kind, sender, broadcast.id) for sender in senders
+    ]
+    account = views[0].account_mps
+    own = [view.sender_mps for view in views]
+    # Senders send side by side: their own limits add up, and the account caps the sum.
+    pooled = 0.0 if any(limit <= 0 for limit in own) else sum(own)
+    return _PoolView(
+        now=views[0].now,
+        booked_until=max(view.booked_until for view in views),
+        account_mps=account,
+        sender_mps=pooled,
+        mps=timelines.effective(account, pooled),
+        ahead=max(view.ahead for view in views),
+        own_waiting=sum(view.own_waiting for view in views),
+        sender=senders[0] if len(senders) == 1 else f"pool of {len(senders)}",
+    )
 
 
 def _clock(moment: datetime) -> str:

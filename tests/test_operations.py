@@ -147,6 +147,8 @@ def test_the_csv_has_a_header_and_the_filtered_rows(client, settings):
         "error_reason",
         "units",
         "updated_at",
+        "sender",
+        "send_after",
     ]
     assert [row[0] for row in rows[1:]] == NUMBERS[:3]
 

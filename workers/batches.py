@@ -39,6 +39,9 @@ class Job:
     priority: str = "normal"
     # This attempt's own booking on the pacing timelines, given back if it stands down.
     booking: str | None = None
+    # Quiet hours: the batch's zone key and the broadcast's window ({"start", "end"}).
+    zone: str | None = None
+    quiet_hours: dict | None = None
 
 
 def _broadcast_sendable():
@@ -62,6 +65,9 @@ def claim_batch(
             Batch.id == batch_id,
             Batch.status == BatchStatus.PENDING,
             (Batch.not_before.is_(None)) | (Batch.not_before <= now + early),
+            # Held by quiet hours: whatever task turns up early (a resume, a duplicate),
+            # nobody is texted before the hold ends (not even by the pacing lead).
+            (Batch.hold_until.is_(None)) | (Batch.hold_until <= now),
             sendable,
         )
         .values(
@@ -90,7 +96,8 @@ def _fenced(batch_id: int, token: str):
 
 
 def load_job(session: Session, batch_id: int) -> Job:
-    """The batch's pending recipients; anyone who opted out since intake is skipped now."""
+    """The batch's pending recipients; anyone who opted out since intake is skipped now.
+    A batch of a pooled or personalised broadcast sends its own sender and text."""
     batch = session.get(Batch, batch_id)
     broadcast = session.get(Broadcast, batch.broadcast_id)
     rows = session.execute(
@@ -111,14 +118,39 @@ def load_job(session: Session, batch_id: int) -> Job:
     slot = as_utc(batch.slot_at) if batch.slot_at else None
     return Job(
         broadcast.id,
-        broadcast.sender,
-        broadcast.text,
+        batch.sender or broadcast.sender,
+        batch.text if batch.text is not None else broadcast.text,
         recipients,
         slot,
         broadcast.kind,
         broadcast.media,
         broadcast.priority,
+        zone=batch.zone,
+        quiet_hours=broadcast.quiet_hours,
     )
+
+
+def hold(session: Session, batch_id: int, token: str, until: datetime) -> bool:
+    """Quiet hours began in the batch's zone before it was sent (a broadcast that ran
+    long, a resume at night): back to `pending`, held until `until`, keeping no slot and
+    no task; the reconciler sends it then. The claim did not become an attempt."""
+    now = utcnow()
+    result = session.execute(
+        _fenced(batch_id, token)
+        .where(Batch.status == BatchStatus.CLAIMED)
+        .values(
+            status=BatchStatus.PENDING,
+            claim_token=None,
+            lease_expires_at=None,
+            not_before=None,
+            slot_at=None,
+            enqueued_at=None,
+            hold_until=until,
+            attempts=Batch.attempts - 1,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1
 
 
 def mark_submitting(session: Session, batch_id: int, token: str, lease: timedelta) -> bool:

@@ -80,6 +80,24 @@ def expire_stale_submissions(session: Session, settings: Settings) -> int:
     return len(stale)
 
 
+def release_held_batches(session: Session) -> int:
+    """Batches quiet hours held whose time has come lose their hold and any task mark, so
+    the next step enqueues them. Only the partial index on `hold_until` is read (it holds
+    just the held batches), and nothing is released a moment early: the send-time check
+    would only hold it again."""
+    now = utcnow()
+    return session.execute(
+        update(Batch)
+        .where(
+            Batch.hold_until.is_not(None),
+            Batch.hold_until <= now,
+            Batch.status == BatchStatus.PENDING,
+        )
+        .values(hold_until=None, enqueued_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
 def claim_due_batches(
     session: Session, settings: Settings
 ) -> dict[tuple[uuid.UUID, str], list[int]]:
@@ -96,6 +114,8 @@ def claim_due_batches(
             Batch.status == BatchStatus.PENDING,
             or_(Batch.not_before.is_(None), Batch.not_before <= due),
             or_(Batch.enqueued_at.is_(None), Batch.enqueued_at < lost),
+            # Still held by quiet hours (release_held_batches lets them go).
+            Batch.hold_until.is_(None),
             Broadcast.status.in_(BroadcastStatus.SENDABLE),
         )
         .order_by(Batch.not_before, Batch.id)
@@ -183,6 +203,7 @@ def reconcile(settings: Settings) -> dict[str, int]:
         released = release_expired_claims(session)
         unknown = expire_stale_submissions(session, settings)
         sweep_cancelled_broadcasts(session)
+        held = release_held_batches(session)
     with session_scope(settings.database_url) as session:
         due = claim_due_batches(session, settings)
     enqueued = 0
@@ -212,6 +233,7 @@ def reconcile(settings: Settings) -> dict[str, int]:
         "started": started,
         "released": released,
         "unknown": unknown,
+        "released_holds": held,
         "enqueued": enqueued,
         "notices": len(notices),
     }

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared import metrics
@@ -209,7 +209,8 @@ def load_attempt(session: Session, batch_id: int) -> Attempt | None:
         select(
             Batch.broadcast_id,
             Broadcast.status,
-            Broadcast.sender,
+            # A pooled broadcast's batch was sent from its own sender.
+            func.coalesce(Batch.sender, Broadcast.sender),
             Batch.submitting_at,
             Batch.updated_at,
             Batch.attempts,

@@ -15,8 +15,9 @@ from shared import metrics
 from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.logs import log_event
-from shared.models import BatchStatus, RecipientStatus
+from shared.models import BatchStatus, RecipientStatus, utcnow
 from shared.plivo_client import ErrorKind, PlivoError, SendResult, client_for
+from shared.quiet_hours import parse_window, release_at
 from shared.taskqueue import (
     MMS_QUEUE,
     SEND_MMS_BATCH,
@@ -103,6 +104,9 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
         return {"batch_id": batch_id, "outcome": "not_claimed"}
     with session_scope(url) as session:
         job = batches.load_job(session, batch_id)
+    until = quiet_until(job)
+    if until is not None:
+        return _hold(settings, batch_id, token, job, until)
 
     if job.recipients and settings.global_pacing:
         try:
@@ -164,6 +168,31 @@ def deliver_batch(settings: Settings, batch_id: int, attempt: int = 0) -> dict:
         api_id=result.api_id,
     )
     return {"batch_id": batch_id, "outcome": "submitted", "accepted": len(result.uuids)}
+
+
+def quiet_until(job: batches.Job) -> datetime | None:
+    """When the batch's quiet hours end, if they hold it now (None: send). Intake held the
+    batches it could foresee; this catches a broadcast that ran long, a pause resumed at
+    night, a retry: the window is checked again in the batch's zone at send time."""
+    if not job.recipients or not job.quiet_hours or not job.zone:
+        return None
+    return release_at(job.zone, parse_window(job.quiet_hours), utcnow())
+
+
+def _hold(settings: Settings, batch_id: int, token: str, job, until: datetime) -> dict:
+    with session_scope(settings.database_url) as session:
+        held = batches.hold(session, batch_id, token, until)
+    # A slot an earlier attempt booked will not be used: the sender gets it back.
+    _give_back_booking(settings, batch_id, job, owned=held)
+    log_event(
+        log,
+        "batch.held",
+        batch_id=batch_id,
+        broadcast_id=job.broadcast_id,
+        zone=job.zone,
+        hold_until=until.isoformat(),
+    )
+    return {"batch_id": batch_id, "outcome": "held" if held else "lost_claim"}
 
 
 def _record_accepted(settings: Settings, batch_id: int, token: str, job, result) -> None:
