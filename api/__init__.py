@@ -27,9 +27,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         audit,
         auth,
         broadcasts,
+        contact_lists,
         delivery_reports,
         errors,
         health,
+        inbound,
         keys,
         limits,
         metrics,
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         opt_outs,
         recipients,
         request_ids,
+        templates,
         webhooks,
     )
 
@@ -56,9 +59,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(limits.bp)
     app.register_blueprint(opt_outs.bp)
+    app.register_blueprint(inbound.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(delivery_reports.bp)
     app.register_blueprint(keys.bp)
+    app.register_blueprint(templates.bp)
+    app.register_blueprint(contact_lists.bp)
+    # The operator console (HTML under /console), whose pages call the routes above.
+    from api import console
+
+    console.init_app(app)
     # Outermost, around the delivery-report fast path too: /metrics and request timing,
     # then the request id every log line of the request carries.
     metrics.init_app(app)

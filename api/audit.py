@@ -91,6 +91,20 @@ def _key_revoke(response: Response) -> Event:
     return "key.revoke", request.view_args["name"], {"key_id": answer.get("key_id")}
 
 
+def _list_import(response: Response) -> Event:
+    answer = _answer(response)
+    details = {key: value for key, value in answer.items() if key != "invalid"} or None
+    return "list.import", request.view_args["list_id"], details
+
+
+def _list_contact_delete(response: Response) -> Event:
+    return (
+        "list.contact_delete",
+        request.view_args["list_id"],
+        {"phone": _phone(request.view_args["phone"])},
+    )
+
+
 AUDITED: dict[str, Callable[[Response], Event]] = {
     "actions.pause": _broadcast("pause"),
     "actions.resume": _broadcast("resume"),
@@ -101,6 +115,20 @@ AUDITED: dict[str, Callable[[Response], Event]] = {
     "opt_outs.remove": _opt_out_delete,
     "keys.create_key": _key_create,
     "keys.revoke_key": _key_revoke,
+    # Audience and texts of future broadcasts: who changed them is worth knowing.
+    "contact_lists.delete_list": lambda r: ("list.delete", request.view_args["list_id"], None),
+    "contact_lists.add_contacts": _list_import,
+    "contact_lists.remove_contact": _list_contact_delete,
+    "templates.update_template": lambda r: (
+        "template.update",
+        request.view_args["template_id"],
+        None,
+    ),
+    "templates.delete_template": lambda r: (
+        "template.delete",
+        request.view_args["template_id"],
+        None,
+    ),
 }
 
 
@@ -151,6 +179,11 @@ ACTIONS = (
     "opt_out.delete",
     "key.create",
     "key.revoke",
+    "list.delete",
+    "list.import",
+    "list.contact_delete",
+    "template.update",
+    "template.delete",
 )
 _ACTION = "|".join(re.escape(action) for action in ACTIONS)
 # A key's name, or its key_id (16 hex digits), which the same pattern covers.

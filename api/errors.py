@@ -56,6 +56,11 @@ def field_errors(error: ValidationError) -> ApiError:
     return ApiError(400, "invalid_request", summary, details)
 
 
+# Routes that read their body as a stream under their own limit (request.max_content_length,
+# which Werkzeug enforces on a chunked stream too): reading it here would hold it whole.
+STREAMED_BODIES = frozenset({"contact_lists.add_contacts"})
+
+
 def _refuse_overlong_stream() -> None:
     """A chunked body has no Content-Length for Werkzeug to compare with MAX_CONTENT_LENGTH;
     it reads such a body up to the limit and stops there silently, so a cut body would be
@@ -168,7 +173,11 @@ def _close_request_body() -> None:
     number is 400 naming the field, instead of a 500 or a write that fails halfway."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return
-    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+    if (
+        request.content_length is None
+        and request.environ.get("wsgi.input_terminated")
+        and not (request.endpoint in STREAMED_BODIES and not request.is_json)
+    ):
         _refuse_overlong_stream()
     if request.is_json:
         _check_json(request.get_data(cache=True))

@@ -7,9 +7,12 @@ import click
 from cli.audit import audit
 from cli.broadcasts import COMMANDS
 from cli.client import ApiClient, check_base_url
+from cli.inbox import inbox
 from cli.keys import keys
 from cli.limits import limits
+from cli.lists import lists
 from cli.opt_outs import opt_outs
+from cli.templates import templates
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -52,7 +55,9 @@ def cli(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> No
     ctx.obj = ApiClient(check_base_url(url), api_key, timeout)
 
 
-for command in (*COMMANDS, opt_outs, limits, keys, audit):
+for command in (*COMMANDS, opt_outs, inbox, limits, keys, audit):
+    cli.add_command(command)
+for command in (lists, templates):
     cli.add_command(command)
 
 
