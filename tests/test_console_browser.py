@@ -6,26 +6,16 @@ var/console-screenshots/, and no page may make a request to any host but the con
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import requests
 
 from shared.encoding import measure
-from tests.conftest import API_KEY, ROOT, Beat, Worker
-from tests.services import free_port
+from tests.conftest import API_KEY, Beat, Worker
+from tests.console_browser import Watch, chromium, click, needs_chromium, serving, text_of, until
 
-SHOTS = ROOT / "var" / "console-screenshots"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
-)
 NUMBERS = [f"+1415555{i:04d}" for i in range(1, 2501)]
 # The sandbox fails these with error 20 (network error, worth a retry).
 FAILING = NUMBERS[:12]
@@ -48,33 +38,21 @@ TRICKY_TEXTS = [
 ]
 
 pytestmark = [
-    pytest.mark.skipif(
-        CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian's chromium and chromium-driver (make test installs them as root)",
-    ),
+    needs_chromium,
     pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
 ]
 
 
 @pytest.fixture()
 def console_server(settings) -> Iterator[tuple[str, object]]:
-    """The API (console included) over HTTP, and the PUBLIC_BASE_URL Plivo's reports go to."""
-    from werkzeug.serving import make_server
+    with serving(settings) as served:
+        yield served
 
-    from api import create_app
 
-    port = free_port()
-    public = settings.model_copy(
-        update={"public_base_url": f"http://127.0.0.1:{port}", "reconcile_interval": 1}
-    )
-    server = make_server("127.0.0.1", port, create_app(public), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield public.public_base_url, public
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+@pytest.fixture()
+def browser() -> Iterator:
+    with chromium() as driver:
+        yield driver
 
 
 @pytest.fixture()
@@ -88,75 +66,6 @@ def processes(console_server, tmp_path) -> Iterator[Worker]:
     finally:
         beat.stop()
         worker.stop()
-
-
-@pytest.fixture()
-def browser() -> Iterator:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    # Selenium Manager must not look for drivers on the network: Debian's are given.
-    os.environ["SE_OFFLINE"] = "true"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1280,1000", "--disable-extensions",
-                     "--disable-background-networking", "--no-first-run"):  # fmt: skip
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.implicitly_wait(0)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-class Watch:
-    """Screenshots and every URL the browser requested, page after page."""
-
-    def __init__(self, driver, base: str):
-        self.driver, self.base = driver, base
-        self.requested: list[str] = []
-        SHOTS.mkdir(parents=True, exist_ok=True)
-
-    def collect(self) -> None:
-        for entry in self.driver.get_log("performance"):
-            message = json.loads(entry["message"])["message"]
-            if message["method"] == "Network.requestWillBeSent":
-                self.requested.append(message["params"]["request"]["url"])
-
-    def shot(self, name: str) -> None:
-        self.driver.save_screenshot(str(SHOTS / f"{name}.png"))
-        self.collect()
-
-    def foreign(self) -> list[str]:
-        self.collect()
-        return [u for u in self.requested if not u.startswith((self.base + "/", "data:"))]
-
-
-def _until(driver, condition, timeout=60, message=""):
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    # The live regions replace their contents every few seconds: an element found just
-    # before a refresh is gone just after, and the next poll finds the new one.
-    wait = WebDriverWait(
-        driver, timeout, poll_frequency=0.3, ignored_exceptions=(StaleElementReferenceException,)
-    )
-    return wait.until(condition, message)
-
-
-def _click(driver, css: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    driver.find_element(By.CSS_SELECTOR, css).click()
-
-
-def _text(driver, css: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, css).text
 
 
 def test_an_operator_sends_watches_retries_and_pauses_from_the_browser(
@@ -177,7 +86,7 @@ def test_an_operator_sends_watches_retries_and_pauses_from_the_browser(
     browser.get(f"{base}/console/")
     watch.shot("01-sign-in")
     browser.find_element(By.ID, "api_key").send_keys(API_KEY, Keys.ENTER)
-    _until(browser, lambda d: "/console/broadcasts" in d.current_url, 20, "not signed in")
+    until(browser, lambda d: "/console/broadcasts" in d.current_url, 20, "not signed in")
 
     # The text counter counts as the server does, on tricky strings too.
     browser.get(f"{base}/console/broadcasts/new")
@@ -192,13 +101,13 @@ def test_an_operator_sends_watches_retries_and_pauses_from_the_browser(
     browser.find_element(By.ID, "name").send_keys("Browser test")
     browser.find_element(By.ID, "file").send_keys(str(csv_path))
     browser.find_element(By.ID, "text").send_keys("Hello from the console: 10 € off")
-    assert _text(browser, "#text-meter").startswith("33 characters · GSM-7 · 1 segment")
+    assert text_of(browser, "#text-meter").startswith("33 characters · GSM-7 · 1 segment")
     watch.shot("02-new-broadcast")
-    _click(browser, "#get-quote")
-    _until(browser, lambda d: d.find_elements(By.ID, "send"), 30, "no quote page")
+    click(browser, "#get-quote")
+    until(browser, lambda d: d.find_elements(By.ID, "send"), 30, "no quote page")
     watch.shot("03-quote")
-    _click(browser, "#send")
-    _until(browser, lambda d: d.find_elements(By.ID, "broadcast-status"), 30, "no broadcast page")
+    click(browser, "#send")
+    until(browser, lambda d: d.find_elements(By.ID, "broadcast-status"), 30, "no broadcast page")
     broadcast_id = browser.current_url.rsplit("/", 1)[1]
 
     # The list reaches a final state by itself: the page is never reloaded.
@@ -211,28 +120,29 @@ def test_an_operator_sends_watches_retries_and_pauses_from_the_browser(
         status = found[0].get_attribute("data-status") if found else ""
         return status if status.startswith("completed") else None
 
-    status = _until(browser, finished, 180, f"never completed:\n{processes.log_tail()}")
+    status = until(browser, finished, 180, f"never completed:\n{processes.log_tail()}")
     assert status == "completed_with_failures"
     assert browser.execute_script("return window.notReloaded === true;")
     watch.shot("04-broadcasts")
 
     # The error table names code 20, what it means and that a retry can help.
     browser.get(f"{base}/console/broadcasts/{broadcast_id}")
-    errors = _text(browser, "#error-table")
+    errors = text_of(browser, "#error-table")
     assert "20 12 network error (temporary) yes" in errors
     watch.shot("05-broadcast")
 
     # Retry the failures (the sandbox now delivers them) behind a confirmation.
     requests.post(f"{sandbox}/sandbox/config", json={"outcomes": {}}, timeout=5)
-    _click(browser, 'a[href$="/confirm/retry"]')
-    assert "Retry 12 failed recipients, in new batches." in _text(browser, "#consequences")
+    click(browser, 'a[href$="/confirm/retry"]')
+    assert "Retry 12 failed recipients, in new batches." in text_of(browser, "#consequences")
     watch.shot("06-confirm-retry")
-    _click(browser, "#confirm-action")
-    _until(browser, lambda d: "Retrying 12 recipients" in d.page_source, 20, "no retry notice")
-    _until(
+    click(browser, "#confirm-action")
+    until(browser, lambda d: "Retrying 12 recipients" in d.page_source, 20, "no retry notice")
+    until(
         browser,
-        lambda d: d.find_element(By.ID, "broadcast-status").get_attribute("data-status")
-        == "completed",
+        lambda d: (
+            d.find_element(By.ID, "broadcast-status").get_attribute("data-status") == "completed"
+        ),
         120,
         f"retry never completed:\n{processes.log_tail()}",
     )
@@ -248,20 +158,20 @@ def test_an_operator_sends_watches_retries_and_pauses_from_the_browser(
     )
     other = created.json()["id"]
     browser.get(f"{base}/console/broadcasts/{other}")
-    _click(browser, 'a[href$="/confirm/pause"]')
-    assert "50 recipients in 1 pending batches wait" in _text(browser, "#consequences")
+    click(browser, 'a[href$="/confirm/pause"]')
+    assert "50 recipients in 1 pending batches wait" in text_of(browser, "#consequences")
     watch.shot("07-confirm-pause")
-    _click(browser, "#confirm-action")
-    assert _text(browser, "#broadcast-status") == "paused"
-    _click(browser, 'a[href$="/confirm/resume"]')
-    _click(browser, "#confirm-action")
-    assert _text(browser, "#broadcast-status") == "scheduled"
+    click(browser, "#confirm-action")
+    assert text_of(browser, "#broadcast-status") == "paused"
+    click(browser, 'a[href$="/confirm/resume"]')
+    click(browser, "#confirm-action")
+    assert text_of(browser, "#broadcast-status") == "scheduled"
 
     for name, path in (("08-opt-outs", "opt-outs"), ("09-limits", "limits"),
                        ("10-system", "system")):  # fmt: skip
         browser.get(f"{base}/console/{path}")
         watch.shot(name)
-    assert "test-" in _text(browser, "#worker-table")  # the worker answered its ping
+    assert "test-" in text_of(browser, "#worker-table")  # the worker answered its ping
 
     assert watch.foreign() == []
     assert any(u.endswith("/console/broadcasts/live") or "/live?" in u for u in watch.requested)

@@ -7,6 +7,7 @@ origin only) holds as it is."""
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from flask import (
@@ -73,7 +74,9 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+@cache
 def _version() -> str:
+    # Read from the installed metadata once: every page shows it, and a lookup costs ms.
     try:
         return version("bulksms")
     except PackageNotFoundError:

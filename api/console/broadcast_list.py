@@ -106,9 +106,7 @@ def rows(items: list[dict]) -> list[dict]:
             # At the rate seen lately: the list shows no per-broadcast pacing (one Redis
             # round trip each); the broadcast's own page does.
             eta = eta_seconds(pending, 0.0, rate, unsettled=total - reached["final"] - pending)
-        shown.append(
-            item | {"by_status": by_status, "progress": reached, "rate": rate, "eta": eta}
-        )
+        shown.append(item | {"by_status": by_status, "progress": reached, "rate": rate, "eta": eta})
     return shown
 
 

@@ -1,18 +1,18 @@
 """The sending rate and delivery over time of one broadcast, as data for a server-rendered
 SVG chart: handed to Plivo (from its batches) and delivered or failed (from delivery
-reports), per time bucket. Grouped in SQL, so a 100,000-recipient broadcast costs one
-aggregate query, not a loop over its recipients."""
+reports), per time bucket. Counted in SQL from an index, so a 100,000-recipient broadcast
+costs one statement, not a loop over its recipients."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import Integer, bindparam, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from shared.models import Batch, Broadcast, Recipient, as_utc, utcnow
+from shared.models import Batch, Broadcast, Recipient, UTCDateTime, as_utc, utcnow
 
 BUCKETS = 60
 WIDTH, HEIGHT = 640, 200
@@ -46,15 +46,58 @@ class Chart:
         return self.peak == 0
 
 
-def _bucket(session: Session, column, start: datetime, seconds: int):
-    """The bucket number of `column` in SQL, on either database."""
-    if session.get_bind().dialect.name == "postgresql":
-        offset = func.extract("epoch", column - start)
-        return cast(func.floor(offset / seconds), Integer)
-    # SQLite keeps UTC as text; julianday() reads it (days as a float).
-    start_text = start.replace(tzinfo=None).isoformat(sep=" ")
-    offset = (func.julianday(column) - func.julianday(start_text)) * 86400.0
-    return cast(offset / seconds, Integer)
+# Stand-ins for "no bound" at either end, valid in both databases' date ranges.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _counts_by_bucket():
+    """For each bucket (a row of a derived table, its bounds parameters), a count of each
+    series over a range of the index on recipients (broadcast_id, status, finished_at), read
+    alone: nothing is computed or hashed per recipient, so 100,000 recipients cost a few
+    milliseconds on PostgreSQL. (Grouping by a bucket expression instead evaluated and
+    hashed it once per recipient, and made up most of the page's time.) Built once: only
+    the parameters change from one page to the next, so SQLAlchemy compiles it once too."""
+    edges = union_all(*(
+        select(
+            literal(i, Integer).label("i"),
+            bindparam(f"low{i}", type_=UTCDateTime()).label("low"),
+            bindparam(f"high{i}", type_=UTCDateTime()).label("high"),
+        )
+        for i in range(BUCKETS)
+    )).subquery("edges")  # fmt: skip
+
+    def count(statuses: tuple[str, ...]):
+        return (
+            select(func.count())
+            .where(
+                Recipient.broadcast_id == bindparam("broadcast_id"),
+                Recipient.status.in_(statuses),
+                Recipient.finished_at >= edges.c.low,
+                Recipient.finished_at < edges.c.high,
+            )
+            .scalar_subquery()
+        )
+
+    return select(edges.c.i, *(count(s) for s in REPORTED.values()))
+
+
+COUNTS_BY_BUCKET = _counts_by_bucket()
+
+
+def _reported(session: Session, broadcast: Broadcast, start: datetime, seconds: int) -> dict:
+    """Recipients delivered, and failed or undelivered, per bucket of `finished_at`. The
+    first and last buckets are open-ended, so a report stamped before the start or after the
+    end still counts, at the edge."""
+    bounds = [start + timedelta(seconds=seconds * i) for i in range(1, BUCKETS)]
+    params: dict = {"broadcast_id": broadcast.id}
+    for i, (low, high) in enumerate(zip([EARLIEST, *bounds], [*bounds, LATEST], strict=True)):
+        params[f"low{i}"], params[f"high{i}"] = low, high
+    reported = {name: [0.0] * BUCKETS for name in REPORTED}
+    for index, *numbers in session.execute(COUNTS_BY_BUCKET, params):
+        for name, number in zip(REPORTED, numbers, strict=True):
+            reported[name][index] = float(number)
+    return reported
 
 
 def build(session: Session, broadcast: Broadcast) -> Chart:
@@ -71,21 +114,7 @@ def build(session: Session, broadcast: Broadcast) -> Chart:
     ):
         index = int((as_utc(submitted_at) - start).total_seconds() // seconds)
         handed[min(max(index, 0), BUCKETS - 1)] += size
-    reported = {name: [0.0] * BUCKETS for name in REPORTED}
-    bucket = _bucket(session, Recipient.finished_at, start, seconds)
-    wanted = [status for statuses in REPORTED.values() for status in statuses]
-    rows = session.execute(
-        select(bucket, Recipient.status, func.count())
-        .where(
-            Recipient.broadcast_id == broadcast.id,
-            Recipient.status.in_(wanted),
-            Recipient.finished_at.is_not(None),
-        )
-        .group_by(bucket, Recipient.status)
-    ).all()
-    for index, status, number in rows:
-        name = "delivered" if status == "delivered" else "failed"
-        reported[name][min(max(int(index or 0), 0), BUCKETS - 1)] += number
+    reported = _reported(session, broadcast, start, seconds)
     series = [
         Series("handed", "handed to Plivo", [n / seconds for n in handed]),
         Series("delivered", "delivered", [n / seconds for n in reported["delivered"]]),

@@ -122,4 +122,3 @@ def signin_token_matches(submitted: str) -> bool:
 
 def csrf_matches(expected: str, submitted: str) -> bool:
     return hmac.compare_digest(expected.encode(), submitted.encode())
-
