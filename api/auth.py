@@ -52,7 +52,8 @@ SCOPES: dict[str, frozenset[str]] = {
     "limits.show_limits": _READ,
     "limits.update_limits": _ADMIN,
     "opt_outs.list_opt_outs": _READ,
-    "inbound.list_inbound": _READ,
+    # Replies to its own broadcasts only, unless admin (api/inbound.py).
+    "inbound.list_inbound": _OWN_BROADCASTS,
     # Adding a number only ever stops messages, so a sending application may record the
     # unsubscribes it collects itself; removing one (texting someone who said STOP) may not.
     "opt_outs.add": _SEND,
@@ -131,13 +132,7 @@ def _stored(presented: str) -> Caller | None:
     # for a constant-time comparison to protect here.
     digest = hash_key(presented)
     with session_scope(current_app.config["SETTINGS"].database_url) as session:
-        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
-        if row is None or row.revoked_at is not None:
-            return None
-        now = utcnow()
-        if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
-            row.last_used_at = now
-        return Caller(row.key_id, row.name, frozenset(row.scopes))
+        return _caller_from_row(session.scalar(select(ApiKey).where(ApiKey.key_hash == digest)))
 
 
 def caller_by_key_id(wanted: str) -> Caller | None:
@@ -148,13 +143,18 @@ def caller_by_key_id(wanted: str) -> Caller | None:
         if hmac.compare_digest(key_id(key), wanted):
             return Caller(wanted, BOOTSTRAP_NAME, _ADMIN)
     with session_scope(current_app.config["SETTINGS"].database_url) as session:
-        row = session.scalar(select(ApiKey).where(ApiKey.key_id == wanted))
-        if row is None or row.revoked_at is not None:
-            return None
-        now = utcnow()
-        if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
-            row.last_used_at = now
-        return Caller(row.key_id, row.name, frozenset(row.scopes))
+        return _caller_from_row(session.scalar(select(ApiKey).where(ApiKey.key_id == wanted)))
+
+
+def _caller_from_row(row: ApiKey | None) -> Caller | None:
+    """The caller a stored key names, unless it is missing or revoked; notes its use (in
+    the caller's session, written when it commits)."""
+    if row is None or row.revoked_at is not None:
+        return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
+        row.last_used_at = now
+    return Caller(row.key_id, row.name, frozenset(row.scopes))
 
 
 def identify() -> None:

@@ -9,11 +9,12 @@ import re
 from datetime import datetime, timedelta
 from typing import Literal
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from api.auth import sees_all
 from api.errors import ApiError, int_param
 from api.openapi import ID_CURSOR, Query, describe, id_cursor, text_param
 from shared.db import session_scope
@@ -52,7 +53,8 @@ class InboundItem(BaseModel):
     )
     broadcast: Answered | None = Field(
         description="The latest broadcast (of the last 30 days) that texted this person from "
-        "the number they replied to, before the reply; null if none"
+        "the number they replied to, before the reply; null if none (a key without the "
+        "admin scope is shown only its own broadcasts)"
     )
 
 
@@ -76,35 +78,56 @@ class InboundQuery(Query):
     )
 
 
-def _answered(session: Session, message: InboundMessage) -> dict | None:
-    """The broadcast this reply most likely answers: the latest one, created before the
-    reply, whose recipient was this phone and whose batch went from the number texted
-    (a batch's own sender, NULL: the broadcast's)."""
-    texted = (
+def _texted(phone, to, received_at):
+    """The recipients rows showing a broadcast (correlated as Broadcast) texted `phone` from
+    the number `to`, before `received_at`: values, or InboundMessage's columns to correlate.
+    A batch's own sender wins; NULL means the broadcast's."""
+    return (
         select(Recipient.id)
         .outerjoin(Batch, Batch.id == Recipient.batch_id)
         .where(
             Recipient.broadcast_id == Broadcast.id,
-            Recipient.phone == message.phone,
+            Recipient.phone == phone,
             Recipient.status.not_in(NOT_TEXTED),
-            func.coalesce(Batch.sender, Broadcast.sender) == message.to,
+            func.coalesce(Batch.sender, Broadcast.sender) == to,
+            Broadcast.created_at <= received_at,
+        )
+        # The broadcast (and the reply, when correlated) come from the enclosing queries,
+        # however deep: left to itself, SQLAlchemy would look only one level up.
+        .correlate_except(Recipient, Batch)
+        .exists()
+    )
+
+
+def _answers_own(owner: str):
+    """A key that is no admin reads only the replies of people its own broadcasts texted
+    from the number they replied to: replies answer campaigns, and one key's campaigns (and
+    the people they reach) are not another's to read."""
+    return (
+        select(Broadcast.id)
+        .where(
+            Broadcast.api_key_id == owner,
+            _texted(InboundMessage.phone, InboundMessage.to, InboundMessage.received_at),
         )
         .exists()
     )
-    found = session.execute(
-        select(Broadcast.id, Broadcast.name)
-        .where(
-            Broadcast.created_at <= message.received_at,
-            Broadcast.created_at >= message.received_at - ANSWERS_WITHIN,
-            texted,
-        )
-        .order_by(Broadcast.created_at.desc())
-        .limit(1)
-    ).first()
+
+
+def _answered(session: Session, message: InboundMessage, owner: str | None) -> dict | None:
+    """The broadcast this reply most likely answers: the latest one (of `owner`'s, unless
+    None: all) created before the reply, whose recipient was this phone and whose batch
+    went from the number texted."""
+    query = select(Broadcast.id, Broadcast.name).where(
+        Broadcast.created_at >= message.received_at - ANSWERS_WITHIN,
+        _texted(message.phone, message.to, message.received_at),
+    )
+    if owner is not None:
+        query = query.where(Broadcast.api_key_id == owner)
+    found = session.execute(query.order_by(Broadcast.created_at.desc()).limit(1)).first()
     return None if found is None else {"id": str(found.id), "name": found.name}
 
 
-def _item(session: Session, message: InboundMessage) -> dict:
+def _item(session: Session, message: InboundMessage, owner: str | None) -> dict:
     return {
         "id": message.id,
         "from": message.phone,
@@ -113,7 +136,7 @@ def _item(session: Session, message: InboundMessage) -> dict:
         "action": message.action,
         "received_at": iso(message.received_at),
         "replied_at": iso(message.replied_at) if message.replied_at else None,
-        "broadcast": _answered(session, message),
+        "broadcast": _answered(session, message, owner),
     }
 
 
@@ -138,7 +161,9 @@ def list_inbound():
     """Replies to our numbers, newest first: keywords and the messages to read
 
     `keyword=false` leaves out STOP/START/HELP; `phone` keeps one sender's. Each names the
-    broadcast it most likely answers."""
+    broadcast it most likely answers. A key without the admin scope sees only the replies
+    of people its own broadcasts texted (from the number they replied to), and only its own
+    broadcasts named."""
     limit = int_param("limit", 50, 1, PAGE_MAX)
     query = select(InboundMessage)
     keyword = text_param("keyword", "true|false", "must be true or false")
@@ -150,10 +175,13 @@ def list_inbound():
         query = query.where(InboundMessage.phone == phone)
     if (cursor := id_cursor()) is not None:
         query = query.where(InboundMessage.id < cursor)
+    owner = None if sees_all() else g.api_key_id
+    if owner is not None:
+        query = query.where(_answers_own(owner))
     query = query.order_by(InboundMessage.id.desc()).limit(limit)
     with session_scope(current_app.config["SETTINGS"].database_url) as session:
         rows = list(session.scalars(query))
-        items = [_item(session, row) for row in rows]
+        items = [_item(session, row, owner) for row in rows]
     return jsonify(
         {"items": items, "next_cursor": str(rows[-1].id) if len(rows) == limit else None}
     )

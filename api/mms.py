@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import phonenumbers
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
@@ -24,6 +23,7 @@ from api.intake import (
 )
 from api.media_check import MediaProblem, check_media
 from api.openapi import describe
+from shared.compliance import ALPHANUMERIC_RULE, in_us_or_canada, is_alphanumeric
 from shared.config import Settings
 from shared.media import EXTENSIONS, MAX_BYTES_EACH, MAX_MEDIA, base_type
 from shared.plivo_client import PlivoError, client_for
@@ -51,7 +51,11 @@ class MmsRequest(BaseModel):
         default_factory=list, description="Public https URLs; 1-10 with media_ids, 2 MB each"
     )
     media_ids: list[str] = Field(default_factory=list, description="From POST /v1/media")
-    sender: str | None = None
+    sender: str | None = Field(
+        default=None,
+        description="A phone number, short code or toll-free number (US and Canadian "
+        "carriers drop alphanumeric senders); default PLIVO_SENDER",
+    )
     skip_invalid: bool = Field(default=False, strict=True)  # true or false, not 0 or "yes"
     callback_url: str | None = None
     send_at: datetime | None = None
@@ -72,12 +76,16 @@ def parse_mms(payload: Any, settings: Settings) -> MmsRequest:
     return parse_request(payload, settings, MmsRequest)
 
 
-def in_us_or_canada(number: str) -> bool:
-    """MMS reaches only NANP numbers of the US and Canada (not +1 Caribbean islands)."""
-    if not number.startswith("+1"):
-        return False
-    region = phonenumbers.region_code_for_number(phonenumbers.parse(number))
-    return region in ("US", "CA")
+def check_mms_sender(sender: str | None, settings: Settings) -> str:
+    """Every MMS goes to a US or Canadian number, where carriers drop alphanumeric senders:
+    the configured numeric fallback stands in, as it does for SMS, or the request is
+    refused."""
+    chosen = check_sender(sender, settings)
+    if not is_alphanumeric(chosen):
+        return chosen
+    if settings.numeric_fallback_sender:
+        return settings.numeric_fallback_sender
+    raise ApiError(400, "invalid_request", f"sender: {chosen} is alphanumeric; {ALPHANUMERIC_RULE}")
 
 
 def check_media_fields(mms: MmsRequest, settings: Settings) -> dict:
@@ -108,7 +116,7 @@ def check_media_fields(mms: MmsRequest, settings: Settings) -> dict:
 
 def plan_mms(session: Session, mms: MmsRequest, settings: Settings) -> Plan:
     """All validation before anything is written, as for SMS."""
-    sender = check_sender(mms.sender, settings)
+    sender = check_mms_sender(mms.sender, settings)
     text = mms.text if mms.text and mms.text.strip() else None
     if text is not None and len(text) > MMS_TEXT_MAX:
         raise ApiError(400, "invalid_request", f"text: over {MMS_TEXT_MAX} characters")

@@ -1,7 +1,8 @@
 """Inbound replies from Plivo, applied at once after the signature and replay checks: every
 message is kept (a campaign's replies are read with GET /v1/inbound); STOP-type words opt the
-number out, START-type words back in, and a keyword's answer (STOP_REPLY, START_REPLY,
-HELP_REPLY) is left to a worker (workers/keyword_replies.py), enqueued after the commit.
+number out, START and UNSTOP back in (YES, RESUME and GO only a number that is opted out),
+and a keyword's answer (STOP_REPLY, START_REPLY, HELP_REPLY) is left to a worker
+(workers/keyword_replies.py), enqueued after the commit.
 Delivery reports arrive through api/status_intake.py instead.
 
 Replays are refused twice over. A V3 signature covers MessageUUID, and its unique row in
@@ -24,7 +25,13 @@ from api.errors import ApiError
 from api.signatures import public_url, verified_nonce
 from shared.config import Settings
 from shared.db import redis_client, session_scope
-from shared.keywords import SEND_KEYWORD_REPLY, action_for, reply_text
+from shared.keywords import (
+    SEND_KEYWORD_REPLY,
+    action_for,
+    answered_by_plivo,
+    reply_text,
+    soft_opt_in,
+)
 from shared.logs import log_event
 from shared.models import InboundMessage
 from shared.opt_outs import add_opt_outs, remove_opt_out
@@ -121,6 +128,7 @@ def _apply(settings: Settings) -> tuple[str | None, str | None, int | None]:
     """(action, message uuid, id of a stored keyword message still owed its answer)."""
     form = request.form
     phone = _sender_number(form.get("From", ""))
+    texted = _sender_number(form.get("To", ""))[:32]
     text = form.get("Text")
     action = action_for(text, form.get("MessageIntent"))
     message_uuid = form.get("MessageUUID") or None
@@ -131,30 +139,47 @@ def _apply(settings: Settings) -> tuple[str | None, str | None, int | None]:
             if message_uuid:
                 seen = session.execute(
                     select(
-                        InboundMessage.id, InboundMessage.action, InboundMessage.replied_at
+                        InboundMessage.id,
+                        InboundMessage.action,
+                        InboundMessage.to,
+                        InboundMessage.replied_at,
                     ).where(InboundMessage.message_uuid == message_uuid)
                 ).first()
                 if seen is not None:
-                    owed = seen.replied_at is None and reply_text(settings, seen.action)
+                    # Whether the first delivery removed an opt-out is not kept: a START
+                    # delivered again is answered again if still unanswered (the worker's
+                    # claim keeps it to one answer) rather than risk a lost confirmation.
+                    owed = seen.replied_at is None and _answer_owed(settings, seen.action, seen.to)
                     return None, message_uuid, seen.id if owed else None
+            owed = True
+            if action == "opt_out":
+                reason = (text or "").strip()[:200]
+                add_opt_outs(session, [phone], source="inbound", reason=reason)
+            elif soft_opt_in(text):
+                # "YES" to a campaign from someone never opted out is a reply to read,
+                # even when Plivo's MessageIntent calls it an opt-in.
+                action = "opt_in" if remove_opt_out(session, phone) else None
+            elif action == "opt_in":
+                # Only a removed opt-out has something to confirm.
+                owed = remove_opt_out(session, phone)
             message = InboundMessage(
                 message_uuid=message_uuid,
                 phone=phone,
-                to=_sender_number(form.get("To", ""))[:32],
+                to=texted,
                 text=text,
                 intent=form.get("MessageIntent") or None,
                 action=action,
             )
             session.add(message)
-            if action == "opt_out":
-                reason = (text or "").strip()[:200]
-                add_opt_outs(session, [phone], source="inbound", reason=reason)
-            elif action == "opt_in":
-                remove_opt_out(session, phone)
             session.flush()
             inbound_id = message.id
     except IntegrityError:
         # The same message, delivered twice at once: the other one stored it and enqueues
         # its answer.
         return None, message_uuid, None
-    return action, message_uuid, inbound_id if reply_text(settings, action) else None
+    owed = owed and _answer_owed(settings, action, texted)
+    return action, message_uuid, inbound_id if owed else None
+
+
+def _answer_owed(settings: Settings, action: str | None, texted: str | None) -> bool:
+    return bool(reply_text(settings, action)) and not answered_by_plivo(action, texted)

@@ -20,6 +20,12 @@ def is_alphanumeric(sender: str) -> bool:
 
 
 _NANP_REGIONS: dict[str, str | None] = {}  # "+1415" -> "US"; a few hundred area codes
+# The US territories in the North American plan: their carriers work under the US rules
+# (10DLC, toll-free, short codes; no alphanumeric sender IDs), so they count as the US here.
+US_TERRITORIES = ("PR", "VI", "GU", "AS", "MP")
+# None: an area code phonenumbers cannot place (new or unassigned). Refusing a sender or an
+# MMS recipient wrongly is a 400 the caller can act on; sending wrongly is a silent loss.
+_US_CARRIER_RULES = frozenset({"US", "CA", *US_TERRITORIES, None})
 
 
 def _nanp_region(number: str) -> str | None:
@@ -30,13 +36,14 @@ def _nanp_region(number: str) -> str | None:
 
 
 def in_us_or_canada(number: str) -> bool:
-    """Whether an E.164 number is in the US or Canada. In the North American plan the area
-    code decides the country (the Caribbean islands have their own), so one lookup per area
-    code serves every number in it. An area code phonenumbers cannot place counts as US/CA:
-    refusing a sender wrongly is a 400, sending one wrongly is a silent loss."""
+    """Whether an E.164 number is under US or Canadian carrier rules: the US with its
+    territories (Puerto Rico, the US Virgin Islands, Guam, American Samoa, the Northern
+    Mariana Islands) and Canada, not the +1 Caribbean countries. The area code decides the
+    country in the North American plan, so one lookup per area code serves every number in
+    it. The alphanumeric-sender rule and MMS's reach both use it."""
     if not number.startswith("+1"):
         return False
-    return _nanp_region(number) in (None, "US", "CA")
+    return _nanp_region(number) in _US_CARRIER_RULES
 
 
 def opt_out_suffix(opt_out_text: str) -> str:

@@ -2,7 +2,9 @@
 
 The keywords are the CTIA's (the US carriers' rule book, which Plivo's own lists in
 PLIVO.md follow), plus the older words numbers already used. The answers are configured
-(STOP_REPLY, START_REPLY, HELP_REPLY); workers/keyword_replies.py sends each once."""
+(STOP_REPLY, START_REPLY, HELP_REPLY); workers/keyword_replies.py sends each once, except
+HELP to a US or Canadian number, which Plivo answers itself, and START to a number that was
+not opted out, which has nothing to confirm."""
 
 from __future__ import annotations
 
@@ -30,7 +32,11 @@ OPT_OUT = frozenset(
         "OPT-OUT",
     }
 )
-OPT_IN = frozenset({"START", "UNSTOP", "YES", "RESUME", "GO"})
+# Always an opt-in: nobody answers a campaign with START or UNSTOP.
+OPT_IN = frozenset({"START", "UNSTOP"})
+# Opt back in only a number that is opted out: to anyone else (and a campaign that says
+# "reply YES" gets many) they are an answer to read, not a keyword.
+SOFT_OPT_IN = frozenset({"YES", "RESUME", "GO"})
 HELP = frozenset({"HELP", "INFO"})
 
 INTENTS = {"optout": "opt_out", "optin": "opt_in", "help": "help"}
@@ -41,13 +47,18 @@ ACTIONS = ("opt_out", "opt_in", "help")
 _PUNCTUATION = ".!?,;:'\"()"
 
 
+def _word(text: str | None) -> str:
+    return " ".join((text or "").split()).strip(_PUNCTUATION).strip().upper()
+
+
 def action_for(text: str | None, intent: str | None = None) -> str | None:
     """`opt_out`, `opt_in`, `help` or None. Plivo's MessageIntent wins; otherwise the whole
     message must be a keyword (any case, surrounding whitespace and punctuation ignored), so
-    "stop by at 5" is not an opt-out."""
+    "stop by at 5" is not an opt-out. The SOFT_OPT_IN words are None here: whether they opt
+    in depends on the number (see `soft_opt_in`)."""
     if intent and intent.lower() in INTENTS:
         return INTENTS[intent.lower()]
-    word = " ".join((text or "").split()).strip(_PUNCTUATION).strip().upper()
+    word = _word(text)
     if word in OPT_OUT:
         return "opt_out"
     if word in OPT_IN:
@@ -55,6 +66,17 @@ def action_for(text: str | None, intent: str | None = None) -> str | None:
     if word in HELP:
         return "help"
     return None
+
+
+def soft_opt_in(text: str | None) -> bool:
+    """YES, RESUME, GO: an opt-in only from a number that is opted out."""
+    return _word(text) in SOFT_OPT_IN
+
+
+def answered_by_plivo(action: str | None, texted: str | None) -> bool:
+    """Plivo itself answers HELP and INFO sent to US and Canadian numbers (PLIVO.md); a
+    second answer of ours would only be noise (and a second billed message)."""
+    return action == "help" and bool(texted) and texted.startswith("+1")
 
 
 def reply_text(settings: Settings, action: str | None) -> str | None:

@@ -378,6 +378,30 @@ def test_an_alphanumeric_sender_to_a_us_number_is_refused_naming_the_rule(client
     assert every_table(settings.database_url)["broadcasts"] == 0
 
 
+@pytest.mark.parametrize(
+    "number",
+    ["+17877223344", "+13407731234", "+16714721234", "+16846331234", "+16702341234"],
+    ids=["Puerto Rico", "US Virgin Islands", "Guam", "American Samoa", "Northern Marianas"],
+)
+def test_us_territories_are_under_the_us_rule_for_alphanumeric_senders(client, settings, number):
+    response = client.post(
+        "/v1/broadcasts", json={"recipients": [number], "sender": "MyShop", "text": "Hi"}
+    )
+
+    assert response.status_code == 400, response.get_json()
+    message = response.get_json()["error"]["message"]
+    assert message.startswith("sender:") and "alphanumeric" in message
+
+
+def test_a_caribbean_country_on_plus_one_may_get_an_alphanumeric_sender(client):
+    jamaica = "+18762345678"  # its own carriers and rules, not the US's
+    response = client.post(
+        "/v1/broadcasts", json={"recipients": [jamaica], "sender": "MyShop", "text": "Hi"}
+    )
+
+    assert response.status_code == 202, response.get_json()
+
+
 def test_us_recipients_use_the_numeric_fallback_when_one_is_configured(client, app, settings):
     app.config["SETTINGS"] = settings.model_copy(update={"numeric_fallback_sender": "+14155550999"})
     response = client.post(

@@ -83,11 +83,13 @@ def test_keyword_false_leaves_only_the_replies_to_read(settings, api, hooks):
     post_inbound(hooks, "Is parking free?", "in-q", sender=ANA)
     post_inbound(hooks, "HELP", "in-h", sender=ANA)
     post_inbound(hooks, "stop", "in-s", sender=BEN)
+    # The answer to a campaign's "reply YES" from someone never opted out: one to read.
+    post_inbound(hooks, "Yes", "in-y", sender=EVE)
 
     to_read = api.get("/v1/inbound?keyword=false").get_json()["items"]
     keywords = api.get("/v1/inbound?keyword=true").get_json()["items"]
 
-    assert [item["text"] for item in to_read] == ["Is parking free?"]
+    assert [item["text"] for item in to_read] == ["Yes", "Is parking free?"]
     assert [item["action"] for item in keywords] == ["opt_out", "help"]
 
 
@@ -159,11 +161,35 @@ def test_bad_filters_are_refused_naming_the_field(api, query, field):
     assert response.get_json()["error"]["message"].startswith(f"{field}:")
 
 
-def test_a_read_key_may_list_replies_and_a_send_key_may_not(inbound_app, api, hooks):
+def test_a_key_without_admin_sees_only_replies_to_its_own_broadcasts(
+    settings, inbound_app, api, hooks
+):
+    marketing = client_for(inbound_app, create_key(api, "inbox-marketing", "send", "read"))
+    own = texted(settings, marketing, [BEN], name="Marketing's")
+    others = texted(settings, api, [ANA, BEN], name="Someone else's")  # later, another key's
+    post_inbound(hooks, "hi from Ana", "in-ana", sender=ANA)
+    post_inbound(hooks, "hi from Ben", "in-ben", sender=BEN)
+    post_inbound(hooks, "who is this?", "in-eve", sender=EVE)  # texted by nobody
+
+    mine = marketing.get("/v1/inbound").get_json()["items"]
+    everything = api.get("/v1/inbound").get_json()["items"]
+
+    assert [(item["text"], item["broadcast"]) for item in mine] == [
+        ("hi from Ben", {"id": own, "name": "Marketing's"})  # not the other key's, though later
+    ]
+    assert [item["text"] for item in everything] == ["who is this?", "hi from Ben", "hi from Ana"]
+    assert everything[1]["broadcast"]["id"] == others  # an admin key sees the latest of all
+    by_phone = marketing.get("/v1/inbound", query_string={"phone": ANA}).get_json()
+    assert by_phone["items"] == []
+
+
+def test_replies_need_a_read_or_send_key_and_a_read_key_sees_none_of_others(
+    inbound_app, api, hooks
+):
     post_inbound(hooks, "hi", "in-scope", sender=ANA)
     reader = client_for(inbound_app, create_key(api, "inbox-reader", "read"))
     sender = client_for(inbound_app, create_key(api, "inbox-sender", "send"))
 
-    assert [item["text"] for item in reader.get("/v1/inbound").get_json()["items"]] == ["hi"]
-    assert sender.get("/v1/inbound").status_code == 403
+    assert reader.get("/v1/inbound").get_json()["items"] == []  # it texted nobody
+    assert sender.get("/v1/inbound").status_code == 200
     assert inbound_app.test_client().get("/v1/inbound").status_code == 401

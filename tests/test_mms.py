@@ -198,6 +198,32 @@ def test_recipients_outside_the_us_and_canada_are_refused_by_name(client, settin
     ]
 
 
+def test_an_alphanumeric_sender_is_refused_naming_the_rule(client, settings):
+    # Every MMS goes to the US or Canada, where carriers drop alphanumeric senders.
+    response = post_mms(client, sender="MyShop", media_ids=["m"])
+
+    assert_refused(response, settings, "sender: MyShop is alphanumeric", "NUMERIC_FALLBACK_SENDER")
+
+
+def test_an_alphanumeric_sender_gives_way_to_the_numeric_fallback(app, client, settings):
+    fallback = "+14155550999"
+    app.config["SETTINGS"] = settings.model_copy(update={"numeric_fallback_sender": fallback})
+
+    response = post_mms(client, sender="MyShop", media_ids=["m"])
+
+    assert response.status_code == 202, response.get_json()
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(Broadcast.sender)) == fallback
+
+
+def test_an_area_code_phonenumbers_cannot_place_is_taken_as_us(client, settings):
+    # The same rule as the alphanumeric check's (shared/compliance.py): refusing a
+    # number that may be American is a 400 nobody can act on.
+    unplaceable = "+12005550123"  # area code 200: not assigned
+    response = post_mms(client, recipients=[unplaceable], media_ids=["m"])
+    assert response.status_code == 202, response.get_json()
+
+
 def test_recipients_outside_the_us_and_canada_are_recorded_rejected_when_skipping(client, settings):
     response = post_mms(client, recipients=[US[0], CANADA, UK], media_ids=["m"], skip_invalid=True)
     assert response.status_code == 202

@@ -350,6 +350,24 @@ def test_start_opts_back_in(hooks, public_settings):
     assert not opted_out(public_settings)
 
 
+def stored_action(settings, message_uuid):
+    with session_scope(settings.database_url) as session:
+        return session.scalar(
+            select(InboundMessage.action).where(InboundMessage.message_uuid == message_uuid)
+        )
+
+
+def test_yes_opts_back_in_only_a_number_that_is_opted_out(hooks, public_settings):
+    # Plivo may tag YES as an opt-in; from a number never opted out it is still a reply.
+    post_inbound(hooks, "YES", message_uuid="in-yes-1", MessageIntent="optin")
+    assert stored_action(public_settings, "in-yes-1") is None
+
+    post_inbound(hooks, "STOP")
+    post_inbound(hooks, "resume", message_uuid="in-yes-2")
+    assert stored_action(public_settings, "in-yes-2") == "opt_in"
+    assert not opted_out(public_settings)
+
+
 def test_help_is_recorded(hooks, public_settings):
     post_inbound(hooks, "HELP", message_uuid="in-help")
     with session_scope(public_settings.database_url) as session:

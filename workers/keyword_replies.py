@@ -4,15 +4,16 @@ One answer per inbound message, however often its task runs: the message's row i
 with a conditional UPDATE of `replied_at` just before the Plivo call, so a webhook delivered
 twice or a redelivered task finds it taken. It goes from the number that was texted, on that
 number's pacing timelines like any batch (high priority: a carrier expects the confirmation
-promptly), so answers never push the account past its limit. A STOP confirmation is the one
+promptly), so answers never push the account past its limit; a task whose turn has not come
+goes back to the queue with a countdown instead of sleeping. A STOP confirmation is the one
 message an opted-out number may get; HELP and START answers are not sent to a number that is
-opted out by the time they go."""
+opted out by the time they go, and HELP to a US or Canadian number is left to Plivo, which
+answers it itself."""
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 from datetime import datetime
 
 import redis
@@ -20,7 +21,7 @@ from sqlalchemy import update
 
 from shared.config import Settings, get_settings
 from shared.db import session_scope
-from shared.keywords import SEND_KEYWORD_REPLY, reply_text
+from shared.keywords import SEND_KEYWORD_REPLY, answered_by_plivo, reply_text
 from shared.logs import log_event
 from shared.models import InboundMessage, OptOut, utcnow
 from shared.plivo_client import ErrorKind, PlivoError, client_for
@@ -31,37 +32,56 @@ from workers.pacing import SHORTEST_RETRY, Pacer
 log = logging.getLogger(__name__)
 
 KIND = "sms"
-SLEEP_SLACK = 0.25
 
 
 class Later(Exception):
-    """Not now: run the task again in `after` seconds, with the slot it booked, if any.
-    `failed`: a failure (counted against MAX_RETRIES), not a wait for its turn."""
+    """Not now: run the task again in `after` seconds, with the slot it booked and the
+    request it was granted, if any. `failed`: a failure (counted against MAX_RETRIES), not
+    a wait for its turn."""
 
     def __init__(
-        self, after: float, slot: float | None = None, booking: str = "", failed: bool = False
+        self,
+        after: float,
+        slot: float | None = None,
+        booking: str = "",
+        failed: bool = False,
+        request_at: float | None = None,
     ):
         super().__init__(after)
         self.after = after
         self.slot = slot
         self.booking = booking
         self.failed = failed
+        self.request_at = request_at
 
 
 @celery_app.task(name=SEND_KEYWORD_REPLY, queue=WEBHOOKS_QUEUE, bind=True, max_retries=None)
 def send_keyword_reply(
-    self, inbound_id: int, slot: float | None = None, booking: str = "", failures: int = 0
+    self,
+    inbound_id: int,
+    slot: float | None = None,
+    booking: str = "",
+    failures: int = 0,
+    request_at: float | None = None,
 ) -> dict:
     """Answer inbound message `inbound_id` once (its keyword's configured text)."""
     settings = get_settings()
     try:
-        return reply(settings, inbound_id, slot=slot, booking=booking, failures=failures)
+        return reply(
+            settings,
+            inbound_id,
+            slot=slot,
+            booking=booking,
+            failures=failures,
+            request_at=request_at,
+        )
     except Later as later:
         kwargs = {
             "inbound_id": inbound_id,
             "slot": later.slot,
             "booking": later.booking,
             "failures": failures + later.failed,
+            "request_at": later.request_at,
         }
         # Countdowns stay short (a pacing wait, or a backoff below RETRY_BACKOFF_MAX), far
         # below the broker's visibility timeout.
@@ -75,6 +95,7 @@ def reply(
     slot: float | None = None,
     booking: str = "",
     failures: int = 0,
+    request_at: float | None = None,
 ) -> dict:
     """Send the answer if it is still owed; raises Later when its turn has not come."""
     with session_scope(settings.database_url) as session:
@@ -85,18 +106,25 @@ def reply(
         owed = message.replied_at is None
         opted_out = session.get(OptOut, phone) is not None
     text = reply_text(settings, action)
+    outcome = None
     if not owed:
-        return _outcome(inbound_id, "already_replied")
-    if text is None:
-        return _outcome(inbound_id, "no_reply")
-    if opted_out and action != "opt_out":
-        return _outcome(inbound_id, "opted_out")
-    if not sender:
-        return _outcome(inbound_id, "no_sender")
+        outcome = "already_replied"
+    elif answered_by_plivo(action, sender):
+        outcome = "answered_by_plivo"
+    elif text is None:
+        outcome = "no_reply"
+    elif opted_out and action != "opt_out":
+        outcome = "opted_out"
+    elif not sender:
+        outcome = "no_sender"
+    if outcome is not None:
+        # A run that comes back for its slot may find the answer no longer owed.
+        _give_back(settings, sender, booking)
+        return _outcome(inbound_id, outcome)
 
     if settings.global_pacing:
         try:
-            booking = _wait_for_slot(settings, inbound_id, sender, slot, booking)
+            booking = _take_turn(settings, inbound_id, sender, slot, booking, request_at)
         except redis.RedisError as error:
             # No pacing, no sending: the account limit is not ours to guess.
             log_event(log, "reply.pacing_unavailable", logging.WARNING, inbound_id=inbound_id)
@@ -131,13 +159,26 @@ def _outcome(inbound_id: int, outcome: str) -> dict:
     return {"inbound_id": inbound_id, "outcome": outcome}
 
 
-def _wait_for_slot(
-    settings: Settings, inbound_id: int, sender: str, slot: float | None, booking: str
+def _take_turn(
+    settings: Settings,
+    inbound_id: int,
+    sender: str,
+    slot: float | None,
+    booking: str,
+    request_at: float | None,
 ) -> str:
-    """Sleep until this answer's slot when it is close and return its booking; raise Later
-    when it is further off (keeping a booked slot, as a batch does) or not booked yet."""
+    """Return the booking when this answer may go now; otherwise raise Later to come back
+    when it may, keeping what it holds (its slot, then its grant on the account's request
+    limit), as a batch keeps its slot. It never sleeps: this task shares the one-process
+    events worker with delivery reports and the reconciler, which must not wait behind a
+    wave of STOPs."""
     pacer = Pacer.for_settings(settings)
     now = pacer.server_time()
+    if request_at is not None:
+        # The slot came and the request was granted: only the grant's time is awaited.
+        if request_at > now:
+            raise Later(request_at - now, slot, booking, request_at=request_at)
+        return booking
     if slot is None or slot < now - settings.pacing_lead:
         # None yet, or missed by more than the lead (sent now, it would bunch up with the
         # messages booked after it): book afresh.
@@ -152,15 +193,14 @@ def _wait_for_slot(
         )
         if not reservation.booked:
             raise Later(max(reservation.delay, SHORTEST_RETRY))
-        slot, booking = reservation.slot, reservation.booking
-    wait = slot - now
-    if wait > settings.pacing_max_sleep + SLEEP_SLACK:
-        # A worker on the webhooks queue must not sleep for long: delivery reports wait
-        # behind it. It keeps its slot and comes back just before it.
-        raise Later(wait - settings.pacing_lead, slot, booking)
-    time.sleep(max(wait, 0.0))
+        # The booking's own clock reading: a slot free at once is due at once.
+        slot, booking, now = reservation.slot, reservation.booking, reservation.now
+    if slot > now:
+        raise Later(slot - now, slot, booking)
     # The account's request limit too: answers are requests like any send.
-    time.sleep(pacer.acquire_request())
+    grant = pacer.request_grant()
+    if grant.wait > 0:
+        raise Later(grant.wait, slot, booking, request_at=grant.at)
     return booking
 
 
