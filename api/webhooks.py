@@ -157,8 +157,10 @@ def _apply(settings: Settings) -> tuple[str | None, str | None, int | None]:
                 add_opt_outs(session, [phone], source="inbound", reason=reason)
             elif soft_opt_in(text):
                 # "YES" to a campaign from someone never opted out is a reply to read,
-                # even when Plivo's MessageIntent calls it an opt-in.
-                action = "opt_in" if remove_opt_out(session, phone) else None
+                # even when Plivo's MessageIntent calls it an opt-in; and it undoes only the
+                # person's own STOP, never an opt-out an operator or the carrier recorded.
+                undone = remove_opt_out(session, phone, source="inbound")
+                action = "opt_in" if undone else None
             elif action == "opt_in":
                 # Only a removed opt-out has something to confirm.
                 owed = remove_opt_out(session, phone)

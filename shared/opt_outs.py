@@ -39,8 +39,12 @@ def add_opt_outs(
     return added
 
 
-def remove_opt_out(session: Session, phone: str) -> bool:
-    return session.execute(delete(OptOut).where(OptOut.phone == phone)).rowcount == 1
+def remove_opt_out(session: Session, phone: str, source: str | None = None) -> bool:
+    """Take `phone` off the list (only an opt-out from `source`, when given)."""
+    query = delete(OptOut).where(OptOut.phone == phone)
+    if source is not None:
+        query = query.where(OptOut.source == source)
+    return session.execute(query).rowcount == 1
 
 
 def opted_out_among(session: Session, phones: list[str]) -> set[str]:

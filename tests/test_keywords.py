@@ -251,6 +251,18 @@ def test_yes_from_an_opted_out_number_opts_it_back_in_and_is_confirmed(
     assert text.startswith("Acme: You are resubscribed")
 
 
+def test_yes_does_not_undo_an_opt_out_an_operator_recorded(hooks, reply_settings, sandbox):
+    with session_scope(reply_settings.database_url) as session:
+        session.add(OptOut(phone=PHONE, source="api", reason="asked by phone"))
+
+    assert post_inbound(hooks, "YES", "in-yes-operator").status_code == 200
+
+    assert stored(reply_settings, "in-yes-operator").action is None
+    assert queued_answers(reply_settings) == 0
+    with session_scope(reply_settings.database_url) as session:
+        assert session.get(OptOut, PHONE).source == "api"
+
+
 def test_start_from_a_number_not_opted_out_changes_nothing_and_gets_no_answer(
     hooks, reply_settings, sandbox
 ):
