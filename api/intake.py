@@ -28,7 +28,9 @@ from pydantic import (
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from api import list_audience
 from api.errors import ApiError, field_errors
+from api.list_audience import ListAudience
 from api.messages import Audience as MessageAudience
 from api.messages import Group, Messages, Rules, plan_messages
 from shared import models
@@ -52,7 +54,14 @@ from shared.models import (
 from shared.opt_outs import opted_out_among
 from shared.phone import InvalidNumber, normalise
 from shared.quiet_hours import Window, parse_window, release_at, zone_key
-from shared.quotes import Load, build_quote, duration_seconds, quiet_summary, weigh
+from shared.quotes import (
+    Load,
+    build_quote,
+    duration_seconds,
+    quiet_summary,
+    weigh,
+    weigh_counted,
+)
 from shared.rendering import TemplateError, field_values
 from shared.rendering import parse as parse_template
 from shared.senders import remember_senders
@@ -63,6 +72,9 @@ NULL = "\\N"  # COPY text format
 REJECTED_REASON = "MMS can only be sent to US and Canadian numbers"
 _E164_SENDER = re.compile(r"\+[1-9]\d{6,14}")
 _ALPHANUMERIC_SENDER = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+# On PostgreSQL, a list broadcast with nothing to do per recipient is resolved in SQL
+# (api/list_audience.py). False: the Python path everywhere (the tests compare the two).
+LISTS_IN_SQL = True
 
 
 # `high` (alerts, one-time codes) books its sender's pacing slots before `normal` broadcasts
@@ -209,12 +221,19 @@ class Plan:
     quote: dict | None = None
     dry_run: bool = False
     max_cost: Decimal | None = None
+    # Contacts resolved in SQL, sent after `to_send` (the request's own numbers); only with
+    # no groups.
+    lists: ListAudience | None = None
 
     @property
     def accepted(self) -> int:
         if self.groups is None:
-            return len(self.to_send)
+            return len(self.to_send) + (self.lists.accepted if self.lists else 0)
         return sum(len(group.positions) for group in self.groups)
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped) + (self.lists.skipped if self.lists else 0)
 
 
 def parse_request(payload: Any, settings: Settings, model: type[BaseModel] = BroadcastRequest):
@@ -325,6 +344,7 @@ class Audience:
     invalid: list[dict]
     duplicates: int
     rejected: list[str]
+    lists: ListAudience | None = None
 
 
 def plan_audience(
@@ -338,12 +358,15 @@ def plan_audience(
     contacts: Iterable[str] = (),
     senders: Iterable[str] = (),
     first_index: dict[str, int | None] | None = None,
+    list_ids: list[UUID] | None = None,
 ) -> Audience:
     """Refuses (400, listing index/value/reason) any invalid number unless skip_invalid.
     `reachable(number)` filters numbers this kind of message cannot reach. `contacts` (E.164
     numbers of contact lists) join after `values`; `senders` are the other senders of a
     pool (never texted: Plivo refuses a call to its own source). `first_index`, when given,
-    is filled with each number's index in `values` (None: from a list)."""
+    is filled with each number's index in `values` (None: from a list). `list_ids` (with no
+    `contacts`, `senders` or `reachable`): lists whose contacts join after `values` too,
+    counted in SQL and never loaded (PostgreSQL)."""
     seen, invalid, duplicates = normalise_all(values, settings.default_region)
     if first_index is None:
         first_index = seen
@@ -354,11 +377,17 @@ def plan_audience(
             duplicates += 1
         else:
             first_index[phone] = None
-    if len(first_index) > max(settings.max_recipients, settings.max_list_recipients):
+    lists = None
+    total = len(first_index)
+    if list_ids:
+        lists = list_audience.summarise(session, list_ids, list(first_index), sender)
+        duplicates += lists.duplicates
+        total += lists.fresh
+    if total > max(settings.max_recipients, settings.max_list_recipients):
         raise ApiError(
             413,
             "too_many_recipients",
-            f"list_ids: {len(first_index)} recipients exceed the maximum of "
+            f"list_ids: {total} recipients exceed the maximum of "
             f"{settings.max_list_recipients} per broadcast (MAX_LIST_RECIPIENTS)",
         )
     for own in {sender, *senders}:
@@ -367,6 +396,8 @@ def plan_audience(
             index = first_index.pop(own)
             value = values[index] if index is not None else own
             invalid.append({"index": index, "value": value, "reason": "is the sender's number"})
+    if lists is not None and lists.has_sender:
+        invalid.append({"index": None, "value": sender, "reason": "is the sender's number"})
     rejected, unreachable = [], []
     if reachable is not None:
         for number, index in list(first_index.items()):
@@ -394,12 +425,12 @@ def plan_audience(
         )
     invalid.sort(key=_index_order)
     numbers = list(first_index)
-    if not numbers:
+    if not numbers and not (lists and lists.accepted + lists.skipped):
         raise ApiError(400, "invalid_request", "recipients: no valid phone number left")
-    blocked = opted_out_among(session, numbers)
+    blocked = opted_out_among(session, numbers) if numbers else set()
     to_send = [n for n in numbers if n not in blocked] if blocked else numbers
     skipped = [n for n in numbers if n in blocked]
-    return Audience(to_send, skipped, invalid, duplicates, rejected)
+    return Audience(to_send, skipped, invalid, duplicates, rejected, lists)
 
 
 def _index_order(item: dict) -> float:
@@ -446,12 +477,8 @@ class ListContacts:
     lists: dict[str, str]
 
 
-def load_contacts(
-    session: Session, list_ids: list[UUID], personalised: bool, api_key_id: str | None
-) -> ListContacts:
-    """The contacts of the lists, in list order then as added (404 naming a list that does
-    not exist or is another key's). Rows are streamed: a million contacts never exist as
-    ORM objects."""
+def check_lists(session: Session, list_ids: list[UUID], api_key_id: str | None) -> None:
+    """404 naming a list that does not exist or is another key's."""
     found = {
         row.id: row
         for row in session.scalars(select(ContactList).where(ContactList.id.in_(list_ids)))
@@ -460,6 +487,15 @@ def load_contacts(
         row = found.get(list_id)
         if row is None or (api_key_id is not None and row.api_key_id != api_key_id):
             raise ApiError(404, "not_found", f"list_ids.{index}: no contact list {list_id}")
+
+
+def load_contacts(
+    session: Session, list_ids: list[UUID], personalised: bool, api_key_id: str | None
+) -> ListContacts:
+    """The contacts of the lists, in list order then as added (404 naming a list that does
+    not exist or is another key's). Rows are streamed: a million contacts never exist as
+    ORM objects."""
+    check_lists(session, list_ids, api_key_id)
     phones: list[str] = []
     fields: dict[str, dict | None] = {}
     lists: dict[str, str] = {}
@@ -540,10 +576,15 @@ def check_quiet_hours(request: BroadcastRequest, settings: Settings) -> Window |
 
 
 def plan_broadcast(
-    session: Session, request: BroadcastRequest, settings: Settings, api_key_id: str | None = None
+    session: Session,
+    request: BroadcastRequest,
+    settings: Settings,
+    api_key_id: str | None = None,
+    lists_in_sql: bool | None = None,
 ) -> Plan:
     """All validation, before anything is written. Raises ApiError naming the field.
-    `api_key_id`: lists and templates must be this key's (None: any, for admin keys)."""
+    `api_key_id`: lists and templates must be this key's (None: any, for admin keys).
+    `lists_in_sql`: resolve contact lists in SQL (None: whenever it can)."""
     if request.recipients is None and request.list_ids is None:
         raise ApiError(400, "invalid_request", "recipients, list_ids: give at least one")
     pool = check_pool(request, settings)
@@ -567,8 +608,20 @@ def plan_broadcast(
     callback_url = check_callback_url(request.callback_url, settings)
     send_at = check_send_at(request.send_at)
     values, inline_fields = split_recipients(request.recipients or [])
+    if lists_in_sql is None:
+        # Nothing to render, choose or hold per recipient: the database can do it all.
+        lists_in_sql = bool(
+            LISTS_IN_SQL
+            and request.list_ids
+            and is_postgres(session)
+            and not template.personalised
+            and not pool
+            and window is None
+        )
     contacts = ListContacts([], {}, {})
-    if request.list_ids:
+    if lists_in_sql:
+        check_lists(session, request.list_ids, api_key_id)
+    elif request.list_ids:
         contacts = load_contacts(session, request.list_ids, template.personalised, api_key_id)
     first_index: dict[str, int | None] = {}
     audience = plan_audience(
@@ -580,6 +633,7 @@ def plan_broadcast(
         contacts=contacts.phones,
         senders=pool or (),
         first_index=first_index,
+        list_ids=list(dict.fromkeys(request.list_ids)) if lists_in_sql else None,
     )
     plan = Plan(
         sender=sender,
@@ -603,8 +657,17 @@ def plan_broadcast(
         template.personalised
         or pool
         or window is not None
-        or (not _E164_SENDER.fullmatch(sender) and any(n.startswith("+1") for n in plan.to_send))
+        or (
+            not _E164_SENDER.fullmatch(sender)
+            and (
+                any(n.startswith("+1") for n in plan.to_send)
+                or (plan.lists is not None and plan.lists.nanp > 0)
+            )
+        )
     )
+    if needs_rules and plan.lists is not None:
+        # An alphanumeric sender to +1 numbers: the carrier rule is applied per recipient.
+        return plan_broadcast(session, request, settings, api_key_id, lists_in_sql=False)
     if not needs_rules or not plan.to_send:
         return plan
     to_send = plan.to_send
@@ -658,7 +721,7 @@ def intake_counts(plan: Plan) -> dict[str, int]:
         "accepted": plan.accepted,
         "invalid": len(plan.invalid),
         "duplicates": plan.duplicates,
-        "skipped": len(plan.skipped),
+        "skipped": plan.skipped_count,
         "rejected": len(plan.rejected),
     }
 
@@ -666,7 +729,10 @@ def intake_counts(plan: Plan) -> dict[str, int]:
 def _weighted(plan: Plan) -> list[tuple[str, int, int]]:
     """The plan's messages counted per number prefix, for pricing."""
     if plan.groups is None:
-        return weigh(plan.to_send, plan.segments)
+        weighted = weigh(plan.to_send, plan.segments)
+        if plan.lists is not None:
+            weighted += weigh_counted(plan.lists.prefixes, plan.segments)
+        return weighted
     to_send = plan.to_send
     weighted = []
     for group in plan.groups:
@@ -694,11 +760,11 @@ def quote_plan(plan: Plan, settings: Settings) -> dict:
     start = (plan.send_at - now).total_seconds() if plan.send_at else 0.0
     waiting, first_release = 0, None
     if plan.groups is None:
-        loads = [Load(start, plan.sender, len(plan.to_send))]
+        loads = [Load(start, plan.sender, plan.accepted)]
         encodings = {plan.encoding} if plan.encoding else set()
         ucs2 = ucs2_characters(plan.text) if plan.encoding == "UCS-2" and plan.text else []
-        total = plan.segments * len(plan.to_send)
-        longest = plan.segments if plan.to_send else 0
+        total = plan.segments * plan.accepted
+        longest = plan.segments if plan.accepted else 0
     else:
         loads = []
         for group in plan.groups:
@@ -827,6 +893,11 @@ def write_broadcast(
     rows += [(None, phone, RecipientStatus.SKIPPED, "opted out") for phone in plan.skipped]
     rows += [(None, phone, RecipientStatus.REJECTED, REJECTED_REASON) for phone in plan.rejected]
     _insert_recipients(session, broadcast_id, rows)
+    if plan.lists is not None:
+        # The lists' contacts go after the request's own numbers, in the same batches.
+        list_audience.write_recipients(
+            session, plan.lists, broadcast_id, batch_ids, len(plan.to_send), size, len(plan.skipped)
+        )
     if plan.messages is not None and plan.messages.remember:
         remember_senders(session, plan.messages.remember, now)
     held = {
@@ -840,8 +911,9 @@ def write_broadcast(
 def _chunks(plan: Plan, size: int) -> Iterator[tuple[Group | None, list[int] | range]]:
     """Each batch's group and recipient positions, in seq order."""
     if plan.groups is None:
-        for start in range(0, len(plan.to_send), size):
-            yield None, range(start, min(start + size, len(plan.to_send)))
+        # Contacts resolved in SQL (plan.lists) take the positions after plan.to_send.
+        for start in range(0, plan.accepted, size):
+            yield None, range(start, min(start + size, plan.accepted))
         return
     for group in plan.groups:
         for start in range(0, len(group.positions), size):

@@ -6,6 +6,11 @@ For SQLite (a temp file) and PostgreSQL (a throwaway server from tests/services.
 migrated with Alembic, it posts broadcasts of N distinct E.164 numbers with real Redis as the
 broker: JSON parse, validation, opt-out lookup, the bulk transaction and the enqueueing are
 all inside the timing. Each case gets one unmeasured warm-up, then --runs measured POSTs.
+On PostgreSQL it then times a broadcast to one contact list of --list-size contacts
+(`list_ids`, plain text, no pool, no quiet hours; default 1,000,000, median of up to 3 runs
+after a warm-up). The list is created through the API and its contacts COPYed straight into
+the table (bench/lists.py times the import itself); --list-size 0 skips it, --list-only
+skips the inline cases.
 
 BENCH_REDIS_URL / BENCH_DATABASE_URL use servers of your own instead; give scratch ones: the
 benchmark migrates the database, writes broadcasts into it and deletes the `sms` queue.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import math
 import os
@@ -58,6 +64,16 @@ STAGES = [
     (None, None, "commit"),
     ("api.broadcasts", "enqueue_batches", "enqueue batch tasks to Redis"),
 ]
+# The list broadcast's own steps (api/list_audience.py resolves the lists in SQL).
+LIST_STAGES = [
+    ("api.broadcasts", "_read_json", "read body + json.loads"),
+    ("api.list_audience", "summarise", "lists counted + priced (SQL)"),
+    ("api.broadcasts", "write_broadcast", "write broadcast/batches/recipients"),
+    ("api.list_audience", "write_recipients", "  of which INSERT ... SELECT recipients"),
+    ("api.broadcasts", "full", "202 body read back (counts by status)"),
+    (None, None, "commit"),
+    ("api.broadcasts", "enqueue_batches", "enqueue batch tasks to Redis"),
+]
 
 
 def migrate(database_url: str) -> None:
@@ -77,7 +93,7 @@ def phone_numbers(exclude: str) -> Iterator[str]:
 
 
 @contextmanager
-def timed_stages(times: dict[str, float]) -> Iterator[None]:
+def timed_stages(times: dict[str, float], stages=STAGES) -> Iterator[None]:
     """Patch the intake's steps so each POST adds its time per step to `times`."""
 
     def timed(label, function):
@@ -101,7 +117,7 @@ def timed_stages(times: dict[str, float]) -> Iterator[None]:
         times["commit"] += time.perf_counter() - start  # the original commits on exit
 
     with ExitStack() as stack:
-        for module, name, label in STAGES:
+        for module, name, label in stages:
             if module:
                 target = sys.modules[module]
                 wrapped = timed(label, getattr(target, name))
@@ -213,16 +229,113 @@ def print_report(all_results, all_stages, reference, sizes, runs) -> None:
         print(f"  {'PASS' if median < limit else 'FAIL'}: median {median:.3f}s")
 
 
+LIST_TARGET = ("postgresql", 1_000_000, 10.0)  # database, contacts, median seconds to 202
+
+
+def seed_list(client, database_url: str, size: int, exclude: str) -> str:
+    """A list created through the API (so it is the bench key's) whose `size` contacts are
+    COPYed straight into the table: the import has its own benchmark (bench/lists.py)."""
+    created = client.post("/v1/lists", json={"name": "bench"})
+    assert created.status_code == 201, created.get_data(as_text=True)
+    list_id = created.get_json()["id"]
+    buffer = io.StringIO()
+    for number in islice(phone_numbers(exclude=exclude), size):
+        buffer.write(f"{list_id}\t{number}\t2026-01-01 00:00:00+00\t2026-01-01 00:00:00+00\n")
+    buffer.seek(0)
+    connection = get_engine(database_url).raw_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.copy_expert(
+                "COPY contacts (list_id, phone, created_at, updated_at) FROM STDIN", buffer
+            )
+            cursor.execute("ANALYZE contacts")
+        connection.commit()
+    finally:
+        connection.close()
+    return list_id
+
+
+def bench_list_broadcast(name, database_url, redis_url, size, runs):
+    """POST /v1/broadcasts with `list_ids`: one list of `size` contacts, resolved at intake;
+    times to the 202, and the stages of each run."""
+    migrate(database_url)
+    settings = Settings(
+        _env_file=None,
+        database_url=database_url,
+        redis_url=redis_url,
+        api_keys=[API_KEY],
+        log_level="WARNING",
+    )
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_X_API_KEY"] = API_KEY
+    broker = redis.Redis.from_url(redis_url)
+    broker.delete(SMS_QUEUE)
+    start = time.perf_counter()
+    list_id = seed_list(client, database_url, size, settings.default_sender)
+    print(f"  {name} list of {size:,} contacts seeded in {time.perf_counter() - start:.1f}s")
+    body = json.dumps({"list_ids": [list_id], "text": "Hello"}).encode()
+    times, stage_runs = [], []
+    for run in range(runs + 1):  # run 0 is the warm-up
+        stages = defaultdict(float)
+        with timed_stages(stages, LIST_STAGES):
+            elapsed = post(client, body, size, broker)
+        if run:
+            times.append(elapsed)
+            stage_runs.append({**stages, "total": elapsed})
+        label = "warm-up" if not run else f"run {run}"
+        print(f"  {name} list broadcast {size:>9,} {label}: {elapsed:.3f}s")
+    get_engine(database_url).dispose()
+    return times, stage_runs
+
+
+def print_list_report(list_results: dict[str, tuple[list, list]], size: int) -> None:
+    if not list_results:
+        return
+    print(f"\nPOST /v1/broadcasts {{list_ids: [one list of {size:,} contacts]}}, request to 202")
+    for name, (times, _stages) in list_results.items():
+        median = statistics.median(times)
+        print(f"  {name:<11} median {median:.3f}s  min {min(times):.3f}s  max {max(times):.3f}s")
+    for name, (_times, stage_runs) in list_results.items():
+        run = sorted(stage_runs, key=lambda run: run["total"])[(len(stage_runs) - 1) // 2]
+        total = run["total"]
+        print(f"where the time goes, {name}, the median run:")
+        rows = [(label, run.get(label, 0.0)) for *_, label in LIST_STAGES]
+        other = total - sum(seconds for label, seconds in rows if not label.startswith(" "))
+        rows += [("other (auth, validation, Flask, response)", other), ("total", total)]
+        for label, seconds in rows:
+            print(f"  {label:<40} {seconds * 1000:>7.1f} ms {seconds / total:>5.0%}")
+    database, wanted, limit = LIST_TARGET
+    times = list_results.get(database, (None,))[0]
+    print(f"target: {wanted:,}-contact list broadcast to 202 in under {limit:g} s on {database}")
+    if times is None or size != wanted:
+        print("  not measured (run with the default --list-size and PostgreSQL)")
+    else:
+        median = statistics.median(times)
+        print(f"  {'PASS' if median < limit else 'FAIL'}: median {median:.3f}s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="measured runs per case (default 5)")
     parser.add_argument("--sizes", default="10000,100000", help="recipient counts, comma-separated")
     parser.add_argument("--only", choices=["sqlite", "postgresql"], help="one database only")
+    parser.add_argument(
+        "--list-size",
+        type=int,
+        default=1_000_000,
+        help="contacts of the list-broadcast case, on PostgreSQL (0: skip it; default 1000000)",
+    )
+    parser.add_argument(
+        "--list-only", action="store_true", help="only the list-broadcast case (PostgreSQL)"
+    )
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
     databases = [args.only] if args.only else ["sqlite", "postgresql"]
+    if args.list_only:
+        databases = ["postgresql"]
 
     all_results, all_stages = {}, {}
+    list_results: dict[str, tuple[list, list]] = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-intake-")))
         redis_url = os.environ.get("BENCH_REDIS_URL") or stack.enter_context(
@@ -237,11 +350,19 @@ def main() -> int:
                 server = services.postgres_server(tmp)
             with server as database_url:
                 print(f"{name}: {database_url}")
-                all_results[name], all_stages[name] = bench_database(
-                    name, database_url, redis_url, sizes, args.runs
-                )
-    reference = cpu_reference(max(sizes), args.runs)
-    print_report(all_results, all_stages, reference, sizes, args.runs)
+                if not args.list_only:
+                    all_results[name], all_stages[name] = bench_database(
+                        name, database_url, redis_url, sizes, args.runs
+                    )
+                # A million rows in SQLite would take this run minutes for no figure we use.
+                if args.list_size and name == "postgresql":
+                    list_results[name] = bench_list_broadcast(
+                        name, database_url, redis_url, args.list_size, min(args.runs, 3)
+                    )
+    if not args.list_only:
+        reference = cpu_reference(max(sizes), args.runs)
+        print_report(all_results, all_stages, reference, sizes, args.runs)
+    print_list_report(list_results, args.list_size)
     return 0
 
 

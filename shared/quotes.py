@@ -15,7 +15,9 @@ from shared.pricing import PriceTable, country_of, load_price_table, money
 
 # A country code (at most 3 digits) and 4 national digits: what tells countries that share
 # a code apart (shared/pricing.py), so every number under one such prefix is in one country.
-_CUT = itemgetter(slice(0, len("+") + 3 + 4))
+# Contact lists are counted per prefix in SQL (api/list_audience.py) with the same length.
+PREFIX_LENGTH = len("+") + 3 + 4
+_CUT = itemgetter(slice(0, PREFIX_LENGTH))
 
 ENCODING_NAMES = {"GSM": "GSM-7", "UCS-2": "UCS-2"}
 
@@ -77,6 +79,11 @@ def weigh(numbers: Sequence[str], segments: int) -> list[tuple[str, int, int]]:
         (numbers_by_prefix[prefix], count, count * segments)
         for prefix, count in Counter(prefixes).items()
     ]
+
+
+def weigh_counted(prefixes: Iterable[tuple[str, int]], segments: int) -> list[tuple[str, int, int]]:
+    """`weigh` for numbers already counted per prefix, as (one number, recipients)."""
+    return [(number, count, count * segments) for number, count in prefixes]
 
 
 def price_by_prefix(

@@ -1,0 +1,323 @@
+"""A plain-text broadcast to contact lists, resolved in SQL on PostgreSQL (api/list_audience.py)
+and in Python otherwise: both paths must give the same recipients, batches, counts and quote,
+with duplicates (inline, across lists), opted-out contacts and inline recipients mixed in.
+Each case runs both paths on each database and checks them against the same expected answer;
+on PostgreSQL the SQL path must really be taken (it never loads the contacts)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import delete, func, select
+
+import api.intake
+import api.list_audience
+from api import create_app
+from shared.db import is_postgres, session_scope
+from shared.models import (
+    Base,
+    Batch,
+    Broadcast,
+    Contact,
+    ContactList,
+    ContactSender,
+    OptOut,
+    Recipient,
+    Template,
+)
+from tests.conftest import API_KEY
+
+SENDER = "+14155550100"
+ANA, BO = "+14155550101", "+14155550102"
+OPTED_INLINE = "+14155550109"
+BERLIN, LONDON = "+493012345678", "+442071234567"
+C1, C2, C3 = "+12125550111", "+12125550112", "+13125550113"
+C4, C5 = "+16175550114", "+16175550115"
+OPT_A, OPT_B = "+12125550198", "+16175550199"
+INLINE = [ANA, "+1 415 555 0102", ANA, OPTED_INLINE, BERLIN]
+LIST_A = [C1, BO, C2, OPT_A, LONDON, C3]
+LIST_B = [C2, C4, OPT_B, ANA, C5]
+
+
+@pytest.fixture()
+def settings(settings):
+    # The conftest `db` fixture empties the broadcast tables; these are campaign tables.
+    with session_scope(settings.database_url) as session:
+        for model in (Contact, ContactList, Template, ContactSender):
+            session.execute(delete(model))
+    # Batches of 3, so that the request's own numbers and the lists' share a batch.
+    return settings.model_copy(update={"batch_size": 3})
+
+
+@pytest.fixture()
+def client(settings):
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_X_API_KEY"] = API_KEY
+    return client
+
+
+@pytest.fixture()
+def lists(client, settings) -> list[str]:
+    with session_scope(settings.database_url) as session:
+        session.add_all(
+            OptOut(phone=phone, source="test") for phone in (OPTED_INLINE, OPT_A, OPT_B)
+        )
+    return [_make_list(client, settings.database_url, numbers) for numbers in (LIST_A, LIST_B)]
+
+
+def _make_list(client, database_url: str, numbers: list[str]) -> str:
+    created = client.post("/v1/lists", json={"name": "members"})
+    assert created.status_code == 201, created.get_json()
+    list_id = created.get_json()["id"]
+    with session_scope(database_url) as session:
+        # One at a time, so contact ids follow the order given ("as added").
+        for phone in numbers:
+            session.add(
+                Contact(list_id=uuid.UUID(list_id), phone=phone, fields={"first_name": "X"})
+            )
+            session.flush()
+    return list_id
+
+
+def post(client, monkeypatch, database_url: str, in_sql: bool, body: dict, stays: bool = True):
+    """POST on one path. On PostgreSQL the SQL path must not load the contacts (unless it
+    may hand over to the Python path: not `stays`)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(api.intake, "LISTS_IN_SQL", in_sql)
+        if in_sql and stays and _postgres(database_url):
+
+            def never(*args, **kwargs):
+                raise AssertionError("the SQL path loaded the contacts")
+
+            patch.setattr(api.intake, "load_contacts", never)
+        return client.post("/v1/broadcasts", json=body)
+
+
+def _postgres(database_url: str) -> bool:
+    with session_scope(database_url) as session:
+        return is_postgres(session)
+
+
+def written(database_url: str, broadcast_id: str) -> dict:
+    """What intake wrote: batches in seq order with their recipients in id order, the
+    recipients outside batches, and the broadcast's counts and quote."""
+    with session_scope(database_url) as session:
+        broadcast = session.get(Broadcast, uuid.UUID(broadcast_id))
+        seq_of = {}
+        batches = []
+        for batch in session.scalars(
+            select(Batch).where(Batch.broadcast_id == broadcast.id).order_by(Batch.seq)
+        ):
+            seq_of[batch.id] = batch.seq
+            batches.append(
+                {
+                    "seq": batch.seq,
+                    "size": batch.size,
+                    "sender": batch.sender,
+                    "text": batch.text,
+                    "zone": batch.zone,
+                    "hold_until": batch.hold_until,
+                    "enqueued": batch.enqueued_at is not None,
+                    "phones": [],
+                }
+            )
+        unbatched = []
+        for row in session.scalars(
+            select(Recipient).where(Recipient.broadcast_id == broadcast.id).order_by(Recipient.id)
+        ):
+            if row.batch_id is None:
+                unbatched.append((row.phone, row.status, row.error_reason))
+            else:
+                assert row.status == "pending", row.phone
+                batches[seq_of[row.batch_id]]["phones"].append(row.phone)
+        return {
+            "batches": batches,
+            "unbatched": sorted(unbatched),
+            "counts": broadcast.counts,
+            "quote": broadcast.quote,
+        }
+
+
+def every_table(database_url: str) -> dict[str, int]:
+    with session_scope(database_url) as session:
+        return {
+            table.name: session.scalar(select(func.count()).select_from(table))
+            for table in Base.metadata.sorted_tables
+        }
+
+
+def _batch(seq: int, phones: list[str]) -> dict:
+    return {
+        "seq": seq,
+        "size": len(phones),
+        "sender": None,
+        "text": None,
+        "zone": None,
+        "hold_until": None,
+        "enqueued": True,
+        "phones": phones,
+    }
+
+
+EXPECTED_BATCHES = [
+    _batch(0, [ANA, BO, BERLIN]),
+    _batch(1, [C1, C2, LONDON]),
+    _batch(2, [C3, C4, C5]),
+]
+EXPECTED_COUNTS = {"accepted": 9, "invalid": 0, "duplicates": 4, "skipped": 3, "rejected": 0}
+
+
+@pytest.mark.parametrize("in_sql", [True, False], ids=["sql", "python"])
+def test_both_paths_write_the_same_recipients_batches_counts_and_quote(
+    client, settings, lists, monkeypatch, in_sql
+):
+    body = {"recipients": INLINE, "list_ids": [lists[0], lists[1], lists[0]], "text": "Hello"}
+
+    response = post(client, monkeypatch, settings.database_url, in_sql, body)
+
+    assert response.status_code == 202, response.get_json()
+    answer = response.get_json()
+    assert answer["counts"] == EXPECTED_COUNTS
+    assert answer["recipients"]["by_status"] == {"pending": 9, "skipped": 3}
+    assert answer["batches"]["total"] == 3
+    assert answer["segments"] == {"per_message": 1, "total": 9, "longest": 1}
+    assert answer["invalid"] == []
+    result = written(settings.database_url, answer["id"])
+    assert result["batches"] == EXPECTED_BATCHES
+    assert result["unbatched"] == [
+        (phone, "skipped", "opted out") for phone in sorted([OPTED_INLINE, OPT_A, OPT_B])
+    ]
+    assert result["counts"] == EXPECTED_COUNTS
+    quote = result["quote"]
+    assert quote == answer["quote"]
+    assert [(c["country"], c["recipients"], c["segments"]) for c in quote["countries"]] == [
+        ("US", 7, 7),
+        ("DE", 1, 1),
+        ("GB", 1, 1),
+    ]
+    assert quote["segments"] == {"total": 9, "longest": 1}
+    assert quote["counts"] == EXPECTED_COUNTS
+    assert quote["encoding"] == "GSM-7"
+
+
+def _quote_without_duration(quote: dict) -> dict:
+    return {key: value for key, value in quote.items() if key != "duration_seconds"}
+
+
+def test_a_dry_run_quotes_the_same_on_both_paths_and_writes_nothing(
+    client, settings, lists, monkeypatch
+):
+    body = {"recipients": INLINE, "list_ids": lists, "text": "Hello ’", "dry_run": True}
+    before = every_table(settings.database_url)
+
+    quotes = [
+        post(client, monkeypatch, settings.database_url, in_sql, body) for in_sql in (True, False)
+    ]
+
+    assert [response.status_code for response in quotes] == [200, 200]
+    sql, python = (response.get_json() for response in quotes)
+    assert sql == python
+    assert sql["counts"] == EXPECTED_COUNTS
+    assert sql["encoding"] == "UCS-2"
+    assert sql["ucs2_characters"] == ["’"]
+    assert sum(country["recipients"] for country in sql["countries"]) == 9
+    assert every_table(settings.database_url) == before
+
+
+@pytest.mark.parametrize("skip_invalid", [True, False])
+def test_the_senders_own_number_on_a_list_is_invalid_on_both_paths(
+    client, settings, lists, monkeypatch, skip_invalid
+):
+    own = _make_list(client, settings.database_url, [C5, SENDER, C1])
+    body = {
+        "recipients": [ANA],
+        "list_ids": [own, lists[1]],
+        "text": "Hello",
+        "sender": SENDER,
+        "skip_invalid": skip_invalid,
+    }
+
+    answers = [
+        post(client, monkeypatch, settings.database_url, in_sql, body) for in_sql in (True, False)
+    ]
+
+    if not skip_invalid:
+        assert [response.status_code for response in answers] == [400, 400]
+        sql, python = (response.get_json() for response in answers)
+        assert sql == python
+        assert sql["error"]["details"]["invalid"] == [
+            {"index": None, "value": SENDER, "reason": "is the sender's number"}
+        ]
+        return
+    assert [response.status_code for response in answers] == [202, 202]
+    results = [written(settings.database_url, r.get_json()["id"]) for r in answers]
+    assert results[0]["batches"] == results[1]["batches"]
+    assert [batch["phones"] for batch in results[0]["batches"]] == [[ANA, C5, C1], [C2, C4]]
+    assert results[0]["unbatched"] == results[1]["unbatched"] == [(OPT_B, "skipped", "opted out")]
+    counts = {"accepted": 5, "invalid": 1, "duplicates": 2, "skipped": 1, "rejected": 0}
+    assert [r.get_json()["counts"] for r in answers] == [counts, counts]
+    assert [r.get_json()["invalid"] for r in answers] == [
+        [{"index": None, "value": SENDER, "reason": "is the sender's number"}]
+    ] * 2
+    assert _quote_without_duration(results[0]["quote"]) == _quote_without_duration(
+        results[1]["quote"]
+    )
+
+
+def test_too_many_list_recipients_are_refused_alike(client, settings, lists, monkeypatch):
+    limited = settings.model_copy(update={"max_recipients": 5, "max_list_recipients": 8})
+    small = create_app(limited).test_client()
+    small.environ_base["HTTP_X_API_KEY"] = API_KEY
+    body = {"recipients": INLINE, "list_ids": lists, "text": "Hello"}
+
+    answers = [
+        post(small, monkeypatch, settings.database_url, in_sql, body) for in_sql in (True, False)
+    ]
+
+    assert [response.status_code for response in answers] == [413, 413]
+    assert answers[0].get_json() == answers[1].get_json()
+    assert "12 recipients" in answers[0].get_json()["error"]["message"]
+
+
+def test_an_alphanumeric_sender_to_a_list_of_us_numbers_is_refused_on_both_paths(
+    client, settings, lists, monkeypatch
+):
+    body = {"list_ids": lists, "text": "Hello", "sender": "Shop"}
+
+    # The carrier rule is applied per recipient: the SQL path hands over to the Python one.
+    answers = [
+        post(client, monkeypatch, settings.database_url, in_sql, body, stays=False)
+        for in_sql in (True, False)
+    ]
+
+    assert [response.status_code for response in answers] == [400, 400]
+    assert answers[0].get_json() == answers[1].get_json()
+    assert "sender:" in answers[0].get_json()["error"]["message"]
+
+
+def test_an_opt_out_arriving_during_intake_refuses_it_and_writes_nothing(
+    client, settings, lists, monkeypatch
+):
+    if not _postgres(settings.database_url):
+        pytest.skip("SQLite resolves lists in Python, in one read")
+    before = every_table(settings.database_url)
+    summarise = api.list_audience.summarise
+
+    def then_someone_opts_out(session, *args, **kwargs):
+        audience = summarise(session, *args, **kwargs)
+        # Committed by another connection between counting and writing, as a STOP would be.
+        with session_scope(settings.database_url) as other:
+            other.add(OptOut(phone=C4, source="test"))
+        return audience
+
+    monkeypatch.setattr(api.list_audience, "summarise", then_someone_opts_out)
+
+    response = client.post(
+        "/v1/broadcasts", json={"recipients": INLINE, "list_ids": lists, "text": "Hello"}
+    )
+
+    assert response.status_code == 409, response.get_json()
+    assert "list_ids" in response.get_json()["error"]["message"]
+    after = every_table(settings.database_url)
+    assert after == before | {"opt_outs": before["opt_outs"] + 1}
