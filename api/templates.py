@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from api.auth import sees_all
@@ -34,7 +34,10 @@ class NewTemplate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        min_length=1, max_length=NAME_MAX, pattern=NAME_RULE, description="Unique; for people"
+        min_length=1,
+        max_length=NAME_MAX,
+        pattern=NAME_RULE,
+        description="For people; unique among this key's templates",
     )
     text: str = Field(
         min_length=1,
@@ -74,7 +77,7 @@ class TemplatePage(BaseModel):
 
 class TemplateQuery(Query):
     limit: int = Field(default=50, ge=1, le=PAGE_MAX, description="Templates per page")
-    cursor: str | None = Field(default=None, description="`next_cursor` of the page before")
+    cursor: uuid.UUID | None = Field(default=None, description="`next_cursor` of the page before")
 
 
 def _settings():
@@ -170,15 +173,31 @@ def create_template():
 def list_templates():
     """Templates by name"""
     limit = int_param("limit", 50, 1, PAGE_MAX)
-    query = select(Template).order_by(Template.name).limit(limit)
+    query = select(Template).order_by(Template.name, Template.id).limit(limit)
     if not sees_all():
         query = query.where(Template.api_key_id == g.api_key_id)
-    if (after := request.args.get("cursor")) is not None:
-        query = query.where(Template.name > after)
+    if (after := _after_cursor()) is not None:
+        query = query.where(after)
     with session_scope(_settings().database_url) as session:
         rows = list(session.scalars(query))
         items = [_body(row) for row in rows]
-    return jsonify({"items": items, "next_cursor": rows[-1].name if len(rows) == limit else None})
+    return jsonify(
+        {"items": items, "next_cursor": str(rows[-1].id) if len(rows) == limit else None}
+    )
+
+
+def _after_cursor():
+    """Templates after the cursor's by name, then id: names repeat across keys, and the
+    admin key lists every key's."""
+    raw = request.args.get("cursor")
+    if raw is None:
+        return None
+    try:
+        template_id = uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", "cursor: not a cursor this API gave out") from None
+    name = select(Template.name).where(Template.id == template_id).scalar_subquery()
+    return or_(Template.name > name, and_(Template.name == name, Template.id > template_id))
 
 
 @bp.get("/<template_id>")

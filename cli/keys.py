@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import quote
 
 import click
 
 from cli import reports
 from cli.client import ApiClient, pass_client
+from cli.tables import every_item, listing, print_json
 
 SCOPES = ("send", "read", "admin")
 PAGE = 500
@@ -36,7 +36,7 @@ def create_key(client: ApiClient, name: str, scopes: tuple[str, ...], as_json: b
     """Create key NAME and print it. It is shown this once: the API keeps only a hash."""
     body = client.call("POST", "/v1/keys", json={"name": name, "scopes": list(scopes)})
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        print_json(body)
         return
     # The key alone on stdout, so it can be piped into a secret store; the rest on stderr.
     click.echo(body["key"])
@@ -52,33 +52,21 @@ def create_key(client: ApiClient, name: str, scopes: tuple[str, ...], as_json: b
 @pass_client
 def list_keys(client: ApiClient, as_json: bool) -> None:
     """Every key (never a secret), revoked ones included."""
-    found: list[dict] = []
-    cursor = None
-    while True:
-        body = client.call("GET", "/v1/keys", params={"limit": PAGE, "cursor": cursor})
-        found.extend(body.get("items", []))
-        cursor = body.get("next_cursor")
-        if not cursor:
-            break
-    if as_json:
-        click.echo(json.dumps(found, indent=2))
-        return
-    rows = [
-        (
+    listing(
+        every_item(client, "/v1/keys", PAGE),
+        as_json,
+        empty="no keys (only those in API_KEYS)",
+        headers=["name", "key_id", "scopes", "created", "last used", "revoked"],
+        row=lambda key: (
             key["name"],
             key["key_id"],
             ",".join(key["scopes"]),
             reports.when(key.get("created_at")),
             reports.when(key.get("last_used_at")),
             reports.when(key.get("revoked_at")) if key.get("revoked_at") else "active",
-        )
-        for key in found
-    ]
-    if not rows:
-        click.echo("no keys (only those in API_KEYS)")
-        return
-    headers = ["name", "key_id", "scopes", "created", "last used", "revoked"]
-    click.echo(reports.table(headers, rows))
+        ),
+        keep_whole=["key_id", "scopes"],
+    )
 
 
 @keys.command("revoke")

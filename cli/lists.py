@@ -3,7 +3,6 @@ CSV (streamed, with a progress bar), shown and deleted."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import IO
 from urllib.parse import quote
@@ -21,7 +20,7 @@ from rich.progress import (
 
 from cli import reports
 from cli.client import ApiClient, pass_client
-from cli.tables import show, table
+from cli.tables import every_item, listing, print_json, show, table
 
 PAGE = 200
 CONTACTS_SHOWN = 20
@@ -49,32 +48,20 @@ def lists(ctx: click.Context, as_json: bool) -> None:
 @pass_client
 def list_lists(client: ApiClient, as_json: bool) -> None:
     """Every list, newest first, with its number of contacts."""
-    found: list[dict] = []
-    cursor = None
-    while True:
-        body = client.call("GET", "/v1/lists", params={"limit": PAGE, "cursor": cursor})
-        found.extend(body.get("items", []))
-        cursor = body.get("next_cursor")
-        if not cursor:
-            break
-    if as_json:
-        click.echo(json.dumps(found, indent=2))
-        return
-    if not found:
-        click.echo("no contact lists (create one: bulksms lists create NAME)")
-        return
-    rows = [
-        (item["id"], item["name"], item["contacts"], reports.when(item.get("updated_at")))
-        for item in found
-    ]
-    show(
-        table(
-            ["id", "name", "contacts", "updated"],
-            rows,
-            right=["contacts"],
-            keep_whole=["id"],
-            widest={"name": 60},
-        )
+    listing(
+        every_item(client, "/v1/lists", PAGE),
+        as_json,
+        empty="no contact lists (create one: bulksms lists create NAME)",
+        headers=["id", "name", "contacts", "updated"],
+        row=lambda item: (
+            item["id"],
+            item["name"],
+            item["contacts"],
+            reports.when(item.get("updated_at")),
+        ),
+        right=["contacts"],
+        keep_whole=["id"],
+        widest={"name": 60},
     )
 
 
@@ -86,7 +73,7 @@ def create_list(client: ApiClient, name: str, as_json: bool) -> None:
     """Create an empty list called NAME; prints its id."""
     body = client.call("POST", "/v1/lists", json={"name": name})
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        print_json(body)
         return
     click.echo(f"created list {body['name']!r}: {body['id']}")
     click.echo(f"add contacts: bulksms lists import {body['id']} contacts.csv")
@@ -157,7 +144,7 @@ def import_contacts(client: ApiClient, list_id: str, file: str, as_json: bool) -
             headers={"Content-Type": "text/csv"},
         )
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        print_json(body)
         return
     click.echo(
         f"imported {body['imported']:,}, updated {body['updated']:,}, "
@@ -189,7 +176,7 @@ def show_list(client: ApiClient, list_id: str, shown: int, as_json: bool) -> Non
         else {"items": []}
     )
     if as_json:
-        click.echo(json.dumps({**body, "contacts_shown": page["items"]}, indent=2))
+        print_json({**body, "contacts_shown": page["items"]})
         return
     click.echo(f"{body['name']} ({body['id']})")
     click.echo(

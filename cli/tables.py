@@ -3,12 +3,18 @@ text in a pipe, wide enough that no cell wraps (scripts grep it, tickets quote i
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from cli.client import ApiClient
 
 # In a pipe there is no terminal width; rich would assume 80 and wrap ids and names.
 PIPE_WIDTH = 240
@@ -64,3 +70,38 @@ def show(*renderables: object) -> None:
     out = console()
     for renderable in renderables:
         out.print(renderable)
+
+
+def every_item(client: ApiClient, path: str, page: int) -> list[dict]:
+    """Every item of a paged API listing, following `next_cursor` to the last page."""
+    found: list[dict] = []
+    cursor = None
+    while True:
+        body = client.call("GET", path, params={"limit": page, "cursor": cursor})
+        found.extend(body.get("items", []))
+        cursor = body.get("next_cursor")
+        if not cursor:
+            return found
+
+
+def print_json(body: object) -> None:
+    click.echo(json.dumps(body, indent=2))
+
+
+def listing(
+    items: list[dict],
+    as_json: bool,
+    *,
+    empty: str,
+    headers: Sequence[str],
+    row: Callable[[dict], Sequence[object]],
+    **options: Any,
+) -> None:
+    """`items` as JSON (--json), as `empty` when there are none, or as a table of one `row`
+    per item (`options` as `table` takes them)."""
+    if as_json:
+        print_json(items)
+    elif not items:
+        click.echo(empty)
+    else:
+        show(table(headers, [row(item) for item in items], **options))

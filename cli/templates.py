@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from urllib.parse import quote
 
@@ -11,7 +10,7 @@ import click
 
 from cli import reports
 from cli.client import ApiClient, CliError, pass_client
-from cli.tables import show, table
+from cli.tables import every_item, listing, print_json
 
 PAGE = 200
 
@@ -94,7 +93,7 @@ def create_template(
         json={"name": name, "text": wanted, "fields": _fields(field_pairs)},
     )
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        print_json(body)
         return
     _print(body)
 
@@ -104,28 +103,14 @@ def create_template(
 @pass_client
 def list_templates(client: ApiClient, as_json: bool) -> None:
     """Every template, by name."""
-    found: list[dict] = []
-    cursor = None
-    while True:
-        body = client.call("GET", "/v1/templates", params={"limit": PAGE, "cursor": cursor})
-        found.extend(body.get("items", []))
-        cursor = body.get("next_cursor")
-        if not cursor:
-            break
-    if as_json:
-        click.echo(json.dumps(found, indent=2))
-        return
-    if not found:
-        click.echo("no templates (create one: bulksms templates create NAME --text ...)")
-        return
-    rows = [(t["id"], t["name"], ", ".join(t["placeholders"]), t["text"]) for t in found]
-    show(
-        table(
-            ["id", "name", "placeholders", "text"],
-            rows,
-            keep_whole=["id"],
-            widest={"name": 40, "text": 60},
-        )
+    listing(
+        every_item(client, "/v1/templates", PAGE),
+        as_json,
+        empty="no templates (create one: bulksms templates create NAME --text ...)",
+        headers=["id", "name", "placeholders", "text"],
+        row=lambda t: (t["id"], t["name"], ", ".join(t["placeholders"]), t["text"]),
+        keep_whole=["id"],
+        widest={"name": 40, "text": 60},
     )
 
 
@@ -137,7 +122,7 @@ def show_template(client: ApiClient, template_id: str, as_json: bool) -> None:
     """One template: its text, placeholders and default values."""
     body = client.call("GET", _path(template_id))
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        print_json(body)
         return
     _print(body)
 
@@ -173,7 +158,7 @@ def update_template(
         raise click.UsageError("nothing to change: give --name, --text, --field or --clear-fields")
     body = client.call("PUT", _path(template_id), json=change)
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        print_json(body)
         return
     _print(body)
 

@@ -42,6 +42,12 @@ PHONE_HEADERS = (
     "destination",
 )
 INVALID_SHOWN = 20
+# As the JSON `fields` of a broadcast (api/intake.py Fields): a name is 1-64 characters. A
+# CSV may name at most MAX_COLUMNS columns and a cell hold FIELD_VALUE_MAX characters, so a
+# wide or bloated file cannot turn each contact into kilobytes of stored JSON.
+MAX_COLUMNS = 50
+FIELD_NAME_MAX = 64
+FIELD_VALUE_MAX = 1000
 # Rows per staging write (SQLite) and per merge step: big enough to amortise a round trip,
 # small enough that memory stays flat.
 CHUNK = 5000
@@ -118,6 +124,20 @@ NUL_PROBLEM = "contains a NUL character"
 def csv_rows(stream: IO[bytes], region: str | None, report: ImportReport) -> Iterator[Row]:
     """The contacts of a CSV stream whose header row names the columns; invalid rows go to
     `report` with their line numbers. Raises BadImport for a file that cannot be read."""
+    for line, raw, fields in csv_records(stream, report):
+        try:
+            phone = normalise(raw, region)
+        except InvalidNumber as error:
+            report.refuse(line, raw, str(error))
+            continue
+        yield line, phone, fields
+
+
+def csv_records(stream: IO[bytes], report: ImportReport) -> Iterator[tuple[int, str, dict]]:
+    """(line, the number as written, fields) of each row of a CSV stream whose header row
+    names the columns, the number not yet checked (the console leaves that to the API). Rows
+    that cannot be a contact (no number, too many cells, an oversized or NUL field) go to
+    `report`. Raises BadImport for a file that cannot be read."""
     lines = _decoded(stream)
     first = next(lines, None)
     while first is not None and not first.strip():
@@ -136,12 +156,7 @@ def csv_rows(stream: IO[bytes], region: str | None, report: ImportReport) -> Ite
             f"header: no phone column among {shown}; name it one of "
             f"{', '.join(PHONE_HEADERS[:6])} (case does not matter)"
         )
-    names = [name.strip() for name in header]
-    seen: set[str] = set()
-    for name in names:
-        if name and name in seen:
-            raise BadImport(f"header: column {name!r} appears twice")
-        seen.add(name)
+    names = _checked_names(header)
     fields_at = [(i, name) for i, name in enumerate(names) if name and i != column]
     width = len(names)
     # A skipped line still counts: `line_num` counts physical lines, quoted newlines too.
@@ -154,8 +169,7 @@ def csv_rows(stream: IO[bytes], region: str | None, report: ImportReport) -> Ite
         except csv.Error as error:
             raise BadImport(f"body: line {reader.line_num}: {error}") from None
         line, line_before = line_before + 1, reader.line_num
-        joined = "".join(cells)
-        if not joined.strip():
+        if not "".join(cells).strip():
             continue
         report.rows += 1
         if len(cells) < width:
@@ -167,17 +181,45 @@ def csv_rows(stream: IO[bytes], region: str | None, report: ImportReport) -> Ite
         if not raw:
             report.refuse(line, raw, "no number")
             continue
-        try:
-            phone = normalise(raw, region)
-        except InvalidNumber as error:
-            report.refuse(line, raw, str(error))
-            continue
-        if "\x00" in joined:
-            report.refuse(line, raw, f"a field {NUL_PROBLEM}")
-            continue
         # An empty cell is no field: the template's default applies.
         fields = {name: value for index, name in fields_at if (value := cells[index].strip())}
-        yield line, phone, fields
+        if problem := _field_problem(fields):
+            report.refuse(line, raw, problem)
+            continue
+        yield line, raw, fields
+
+
+def _checked_names(header: list[str]) -> list[str]:
+    """The header's column names, or BadImport naming the header and the rule broken."""
+    names = [name.strip() for name in header]
+    named = [name for name in names if name]
+    if len(named) > MAX_COLUMNS:
+        raise BadImport(
+            f"header: {len(named)} columns; at most {MAX_COLUMNS} (the number and its fields)"
+        )
+    seen: set[str] = set()
+    for name in named:
+        if len(name) > FIELD_NAME_MAX:
+            raise BadImport(
+                f"header: column {name[:20]!r}... is {len(name)} characters; "
+                f"a name may have at most {FIELD_NAME_MAX}"
+            )
+        if name in seen:
+            raise BadImport(f"header: column {name!r} appears twice")
+        seen.add(name)
+    return names
+
+
+def _field_problem(fields: dict[str, str]) -> str | None:
+    """Why a row's fields cannot be stored, or None."""
+    for name, value in fields.items():
+        if not 1 <= len(name) <= FIELD_NAME_MAX:
+            return f"field name {name[:20]!r} is not 1-{FIELD_NAME_MAX} characters"
+        if len(value) > FIELD_VALUE_MAX:
+            return f"field {name!r} over {FIELD_VALUE_MAX} characters"
+        if "\x00" in value:
+            return f"field {name!r} {NUL_PROBLEM}"
+    return None
 
 
 def _decoded(stream: IO[bytes]) -> Iterator[str]:
@@ -212,10 +254,11 @@ def json_rows(
         except InvalidNumber as error:
             report.refuse(index, raw, str(error))
             continue
-        if any("\x00" in value for value in fields.values()):
-            report.refuse(index, raw, f"a field {NUL_PROBLEM}")
+        fields = {name: value for name, value in fields.items() if value}
+        if problem := _field_problem(fields):
+            report.refuse(index, raw, problem)
             continue
-        yield index, phone, {name: value for name, value in fields.items() if value}
+        yield index, phone, fields
 
 
 def import_contacts(

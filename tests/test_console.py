@@ -7,6 +7,8 @@ import re
 
 import pytest
 from sqlalchemy import delete, func, select, update
+from werkzeug.datastructures import MultiDict
+from werkzeug.test import encode_multipart
 
 from shared.db import session_scope
 from shared.models import (
@@ -411,3 +413,148 @@ def test_the_system_page_reports_health_queues_and_no_worker(app, console_db):
     assert re.search(r"<dt>Database</dt><dd class=\"ok\">ok</dd>", html)
     assert "No worker answered" in html, html[html.index("h-workers") :][:600]
     assert "<td>sms</td>" in html
+
+
+def _quote_form(browser, token: str, **fields) -> dict:
+    """The quote step's hidden Send form, as the browser would post it."""
+    import html as html_lib
+
+    page = browser.post(
+        "/console/broadcasts/new",
+        data={"csrf_token": token, "step": "quote", "quiet": "default", **fields},
+    )
+    assert page.status_code == 200, page.get_data(as_text=True)[:2000]
+    html = page.get_data(as_text=True)
+    payload = re.search(r'name="payload" value="([^"]+)"', html).group(1)
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', html).group(1)
+    return {"csrf_token": token, "step": "send", "payload": html_lib.unescape(payload),
+            "idempotency_key": key}  # fmt: skip
+
+
+def test_send_after_an_api_error_keeps_the_same_idempotency_key(app, console_db):
+    browser, _ = _sign_in(app)
+    token = _csrf(browser, "/console/broadcasts/new")
+    form = _quote_form(browser, token, recipients=NUMBERS[0], text="Hi")
+    # The API refuses this Send (as a commit followed by a 5xx would also end): the page
+    # offers Send again, which must carry the key the API may already have stored.
+    refused = browser.post(
+        "/console/broadcasts/new", data={**form, "payload": '{"recipients": ["+1"], "text": ""}'}
+    )
+
+    assert refused.status_code == 400
+    again = re.search(r'name="idempotency_key" value="([^"]+)"', refused.get_data(as_text=True))
+    assert again.group(1) == form["idempotency_key"]
+
+
+def test_a_csv_upload_finds_the_phone_column_by_name_and_keeps_the_fields(app, console_db):
+    import io
+    import json
+
+    browser, _ = _sign_in(app)
+    upload = (io.BytesIO(b"first_name,Phone\nAna,+14155550001\nBob,+14155550002\n"), "c.csv")
+    answer = browser.post(
+        "/console/broadcasts/new",
+        data={"csrf_token": _csrf(browser), "step": "quote", "text": "Hi {first_name}",
+              "file": upload, "quiet": "default"},
+        content_type="multipart/form-data",
+    )  # fmt: skip
+
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 200, html
+    import html as html_lib
+
+    payload = json.loads(html_lib.unescape(re.search(r'name="payload" value="([^"]+)"', html)[1]))
+    assert payload["recipients"] == [
+        {"to": "+14155550001", "fields": {"first_name": "Ana"}},
+        {"to": "+14155550002", "fields": {"first_name": "Bob"}},
+    ]
+
+
+def test_a_csv_upload_without_a_phone_column_or_with_a_bloated_cell_says_why(app, console_db):
+    import io
+
+    browser, _ = _sign_in(app)
+    answers = [
+        browser.post(
+            "/console/broadcasts/new",
+            data={"csrf_token": _csrf(browser), "step": "quote", "text": "Hi",
+                  "file": (io.BytesIO(body), "c.csv"), "quiet": "default"},
+            content_type="multipart/form-data",
+        )  # fmt: skip
+        for body in (b"name\nAna\n", b"phone,note\n+14155550001," + b"x" * 1001 + b"\n")
+    ]
+
+    assert [answer.status_code for answer in answers] == [400, 400]
+    assert "header: no phone column" in answers[0].get_data(as_text=True)
+    assert "line 2: field &#39;note&#39; over 1000 characters" in answers[1].get_data(
+        as_text=True
+    )
+
+
+def test_forty_thousand_pasted_numbers_are_quoted_not_refused_as_too_large(app, console_db):
+    browser, _ = _sign_in(app)
+    numbers = "\n".join(f"+1415{2_000_000 + i:07d}" for i in range(40_000))
+    assert len(numbers) > 500_000  # Flask's default cap on one multipart text field
+
+    # Encoded here, as a browser would: the test client spools a body this size to a
+    # temporary file that it never closes.
+    boundary, body = encode_multipart(
+        MultiDict({"csrf_token": _csrf(browser), "step": "quote", "recipients": numbers,
+                   "text": "Hi", "quiet": "default"})
+    )  # fmt: skip
+
+    answer = browser.post(
+        "/console/broadcasts/new",
+        data=body,
+        content_type=f"multipart/form-data; boundary={boundary}",
+    )
+
+    assert answer.status_code == 200, answer.get_data(as_text=True)[:2000]
+    assert "<strong>40,000</strong> recipients will be texted" in answer.get_data(as_text=True)
+
+
+def test_removing_an_opt_out_keeps_the_form_value_inside_the_path(app, client, console_db):
+    with session_scope(console_db.database_url) as session:
+        session.execute(delete(OptOut))
+    client.post("/v1/opt-outs", json={"phones": ["+14155550001"]})
+    browser, _ = _sign_in(app)
+
+    answer = browser.post(
+        "/console/opt-outs",
+        data={"csrf_token": _csrf(browser), "action": "remove", "phone": "+14155550001?x=1"},
+    )
+
+    assert answer.status_code == 400  # the whole value is the number, and it is not one
+    with session_scope(console_db.database_url) as session:
+        assert list(session.scalars(select(OptOut.phone))) == ["+14155550001"]
+
+
+def test_the_resume_confirmation_leaves_out_what_quiet_hours_still_hold(app, client, console_db):
+    from datetime import UTC, datetime, timedelta
+    from uuid import UUID
+
+    response = client.post(
+        "/v1/broadcasts",
+        json={"recipients": [*NUMBERS[:3], "+447700900001", "+447700900002"], "text": "Hi",
+              "quiet_hours": {"start": "03:00", "end": "03:01"}},
+    )  # fmt: skip
+    assert response.status_code == 202, response.get_json()
+    broadcast_id = response.get_json()["id"]
+    assert client.post(f"/v1/broadcasts/{broadcast_id}/pause").status_code == 200
+    stored_id = UUID(broadcast_id)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    with session_scope(console_db.database_url) as session:
+        uk_batches = select(Recipient.batch_id).where(
+            Recipient.broadcast_id == stored_id, Recipient.phone.like("+44%")
+        )
+        session.execute(
+            update(Batch).where(Batch.broadcast_id == stored_id).values(hold_until=None)
+        )
+        session.execute(update(Batch).where(Batch.id.in_(uk_batches)).values(hold_until=later))
+    browser, _ = _sign_in(app)
+
+    page = browser.get(f"/console/broadcasts/{broadcast_id}/confirm/resume")
+
+    text = page.get_data(as_text=True)
+    assert "3 pending recipients are handed to the workers again" in text, text
+    assert "2 recipients held by quiet hours stay held" in text

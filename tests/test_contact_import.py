@@ -14,7 +14,16 @@ import pytest
 import requests
 from sqlalchemy import delete, func, select
 
-from shared.contact_import import BadImport, ImportReport, csv_rows, phone_column
+from shared.contact_import import (
+    FIELD_VALUE_MAX,
+    MAX_COLUMNS,
+    BadImport,
+    ImportReport,
+    csv_records,
+    csv_rows,
+    json_rows,
+    phone_column,
+)
 from shared.db import session_scope
 from shared.models import Contact, ContactList
 from tests.conftest import API_KEY, granian_serving
@@ -95,6 +104,58 @@ def test_a_field_with_a_nul_refuses_its_row():
 def test_a_file_that_cannot_be_read_is_refused_with_where(text, message):
     with pytest.raises(BadImport, match="^" + message.replace("(", r"\(")):
         read(text)
+
+
+def test_a_header_of_more_than_50_columns_is_refused_naming_the_header():
+    wide = ",".join(["phone", *(f"f{i}" for i in range(MAX_COLUMNS))])  # 51 columns
+    fits = ",".join(["phone", *(f"f{i}" for i in range(MAX_COLUMNS - 1))])
+
+    with pytest.raises(BadImport, match="^header: 51 columns; at most 50"):
+        read(wide + "\n+14155550101\n")
+    assert [row[1] for row in read(fits + "\n+14155550101\n")[0]] == ["+14155550101"]
+
+
+def test_a_column_name_over_64_characters_is_refused_naming_the_header():
+    with pytest.raises(BadImport, match="^header: column .* is 65 characters; .* at most 64"):
+        read(f"phone,{'n' * 65}\n+14155550101,x\n")
+    assert read(f"phone,{'n' * 64}\n+14155550101,x\n")[0][0][2] == {"n" * 64: "x"}
+
+
+def test_a_cell_over_1000_characters_refuses_its_row_naming_the_field():
+    big, fits = "x" * (FIELD_VALUE_MAX + 1), "x" * FIELD_VALUE_MAX
+    rows, report = read(f"phone,note\n+14155550101,{big}\n+14155550102,{fits}\n")
+
+    assert rows == [(3, "+14155550102", {"note": fits})]
+    assert report.invalid == [
+        {"line": 2, "value": "+14155550101", "reason": "field 'note' over 1000 characters"}
+    ]
+
+
+def test_json_contacts_are_held_to_the_same_field_rules():
+    report = ImportReport(where="index")
+    contacts = [
+        ("+14155550101", {"note": "x" * (FIELD_VALUE_MAX + 1)}),
+        ("+14155550102", {"n" * 65: "x"}),
+        ("+14155550103", {"note": "ok"}),
+    ]
+
+    rows = list(json_rows(contacts, None, report))
+
+    assert rows == [(2, "+14155550103", {"note": "ok"})]
+    assert [item["index"] for item in report.invalid] == [0, 1]
+
+
+def test_records_keep_the_number_as_written_for_the_api_to_judge():
+    report = ImportReport()
+    data = io.BytesIO(b"first_name,Phone\nAna,(415) 555-0101\nBob,nope\n,\n")
+
+    records = list(csv_records(data, report))
+
+    assert records == [
+        (2, "(415) 555-0101", {"first_name": "Ana"}),
+        (3, "nope", {"first_name": "Bob"}),
+    ]
+    assert report.invalid_total == 0
 
 
 # --- a million rows through the API, as deployed ---

@@ -196,6 +196,26 @@ def test_a_file_without_a_phone_column_is_400_naming_the_header(client, db):
     assert stored(db, list_id) == 0
 
 
+def test_a_wide_file_is_400_and_an_oversized_cell_is_reported_by_line(client, db):
+    list_id = new_list(client)
+    wide = ",".join(["phone", *(f"field{i}" for i in range(50))])
+
+    too_wide = upload(client, list_id, f"{wide}\n+14155550101\n")
+    bloated = upload(client, list_id, f"phone,note\n+14155550101,{'x' * 1001}\n+14155550102,fine\n")
+
+    assert too_wide.status_code == 400
+    assert too_wide.get_json()["error"]["message"].startswith("header: 51 columns")
+    assert bloated.status_code == 200, bloated.get_json()
+    body = bloated.get_json()
+    assert (body["imported"], body["invalid_total"]) == (1, 1)
+    assert body["invalid"][0] == {
+        "line": 2,
+        "value": "+14155550101",
+        "reason": "field 'note' over 1000 characters",
+    }
+    assert contacts(client, list_id) == {"+14155550102": {"note": "fine"}}
+
+
 def test_a_file_that_breaks_halfway_writes_nothing(client, db):
     list_id = new_list(client)
     good = "".join(f"+1415{i:07d},Ana\n" for i in range(12_000))

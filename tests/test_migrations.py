@@ -11,6 +11,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 from shared.db import get_engine
 from shared.models import Base
@@ -54,3 +55,28 @@ def test_downgrade_to_base_and_upgrade_again(empty_database):
     migrate(empty_database)
     with get_engine(empty_database).connect() as connection:
         assert "recipients" in inspect(connection).get_table_names()
+
+
+def test_0008_keeps_templates_and_makes_names_unique_per_key(empty_database):
+    migrate(empty_database, "0007")
+    insert = text(
+        "INSERT INTO templates (id, name, text, fields, api_key_id, created_at, updated_at) "
+        "VALUES (:id, :name, 'Hi', '{}', :key, '2026-01-01', '2026-01-01')"
+    )
+    engine = get_engine(empty_database)
+    is_sqlite = engine.dialect.name == "sqlite"
+
+    def row(name: str, key: str) -> dict:
+        new = uuid.uuid4()
+        return {"id": new.hex if is_sqlite else str(new), "name": name, "key": key}
+
+    with engine.begin() as connection:
+        connection.execute(insert, row("Welcome", "key-a"))
+    migrate(empty_database)
+
+    with engine.begin() as connection:
+        connection.execute(insert, row("Welcome", "key-b"))  # another key: allowed now
+        names = connection.execute(text("SELECT api_key_id, name FROM templates")).all()
+    assert sorted(names) == [("key-a", "Welcome"), ("key-b", "Welcome")]
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(insert, row("Welcome", "key-a"))

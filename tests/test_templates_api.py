@@ -146,6 +146,41 @@ def test_a_key_sees_only_its_own_templates_and_a_read_key_cannot_write(app, clie
     assert reader.get("/v1/templates").status_code == 200
 
 
+def test_two_keys_may_each_have_a_template_named_welcome(app, client):
+    marketing = client_for(app, create_key(client, "marketing", "send"))
+    support = client_for(app, create_key(client, "support", "send"))
+    theirs = create(marketing, name="Welcome", text="Hi from marketing")
+
+    mine = support.post("/v1/templates", json={"name": "Welcome", "text": "Hi from support"})
+    again = support.post("/v1/templates", json={"name": "Welcome", "text": "Hi again"})
+
+    assert mine.status_code == 201, mine.get_json()
+    assert again.status_code == 409  # still unique within one key
+    renamed = create(support, name="Other", text="x")
+    assert (
+        support.put(f"/v1/templates/{renamed['id']}", json={"name": "Welcome"}).status_code == 409
+    )
+    assert [t["text"] for t in marketing.get("/v1/templates").get_json()["items"]] == [
+        theirs["text"]
+    ]
+
+
+def test_the_admin_pages_through_templates_of_the_same_name(app, client):
+    for name in ("one", "two", "three"):
+        key = client_for(app, create_key(client, f"key-{name}", "send"))
+        create(key, name="Welcome", text=f"Hi from {name}")
+
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/templates", query_string={"limit": 1, "cursor": cursor}).get_json()
+        seen += [t["text"] for t in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+
+    assert sorted(seen) == ["Hi from one", "Hi from three", "Hi from two"]
+    assert client.get("/v1/templates?cursor=welcome").status_code == 400
+
+
 def test_a_body_that_is_not_json_is_415(client):
     response = client.post("/v1/templates", data="name=x", content_type="text/plain")
     assert response.status_code == 415

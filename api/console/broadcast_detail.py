@@ -12,6 +12,7 @@ from sqlalchemy import select
 from api.auth import ADMIN
 from api.console import bp, charts
 from api.console.calls import call, stream
+from api.console.formatting import when
 from shared.db import session_scope
 from shared.models import AuditEvent, Broadcast
 from shared.plivo_codes import ERROR_CODES
@@ -179,10 +180,19 @@ def consequences(action: str, body: dict, statuses: list[str]) -> list[str]:
             f"{in_flight:,} batches already being handed to Plivo finish and are recorded.",
         ]
     if action == "resume":
-        return [
-            f"{batches.get('pending', 0):,} pending batches ({pending:,} recipients) are handed "
-            "to the workers again and sent at the sender's pace."
+        # Batches quiet hours hold stay held on resume (shared/lifecycle.py): only the rest
+        # go to the workers now.
+        held = (body.get("held") or {}).get("recipients", 0)
+        lines = [
+            f"{pending - held:,} pending recipients are handed to the workers again and sent "
+            "at the sender's pace."
         ]
+        if held:
+            lines.append(
+                f"{held:,} recipients held by quiet hours stay held until their window ends "
+                f"(the first at {when(body['held'].get('first_release'))})."
+            )
+        return lines
     if action == "cancel":
         handed = body["recipients"]["total"] - pending - by_status.get("skipped", 0)
         return [

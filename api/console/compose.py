@@ -7,8 +7,6 @@ text length, senders, quiet hours, costs) is the API's, and its 400 is shown as 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 import secrets
@@ -19,6 +17,7 @@ from flask import abort, current_app, redirect, render_template, request, url_fo
 from api.auth import SEND
 from api.console import bp, can
 from api.console.calls import call
+from shared.contact_import import BadImport, ImportReport, csv_records
 
 _SEPARATORS = re.compile(r"[\s,;]+")
 QUIET_CHOICES = ("default", "off", "custom")
@@ -40,28 +39,20 @@ def _options() -> dict:
     }
 
 
-def _csv_recipients(raw: bytes) -> list:
-    """The first column as numbers; with a header row naming more columns, each recipient
-    carries them as `fields` for the text's placeholders."""
-    text = raw.decode("utf-8-sig", errors="replace")
-    rows = [row for row in csv.reader(io.StringIO(text)) if row and row[0].strip()]
-    if not rows:
-        return []
-    header = None
-    if not any(ch.isdigit() for ch in rows[0][0]):
-        header, rows = [cell.strip() for cell in rows[0]], rows[1:]
-    if header is None or len(header) < 2:
-        return [row[0].strip() for row in rows]
-    return [
-        {
-            "to": row[0].strip(),
-            # A short row leaves its last fields out (the API names any that are missing).
-            "fields": {
-                name: value for name, value in zip(header[1:], row[1:], strict=False) if name
-            },
-        }
-        for row in rows
+def _csv_recipients(upload) -> list:
+    """The recipients of an uploaded CSV, read as a list import reads it (the number's column
+    found by its header name, the other columns kept as `fields`); whether each number is
+    one is the API's to say. Raises BadImport for a file or row the reader refuses."""
+    report = ImportReport()
+    recipients = [
+        {"to": raw, "fields": fields} if fields else raw
+        for _, raw, fields in csv_records(upload.stream, report)
     ]
+    if report.invalid_total:
+        shown = "; ".join(f"line {row['line']}: {row['reason']}" for row in report.invalid[:5])
+        more = report.invalid_total - min(5, len(report.invalid))
+        raise BadImport(f"file: {shown}" + (f" (and {more:,} more)" if more > 0 else ""))
+    return recipients
 
 
 def _send_at(raw: str) -> str | None:
@@ -84,7 +75,7 @@ def payload_from(form, files) -> dict:
     recipients: list = [n for n in _SEPARATORS.split(form.get("recipients", "")) if n]
     upload = files.get("file")
     if upload is not None and upload.filename:
-        recipients += _csv_recipients(upload.read())
+        recipients += _csv_recipients(upload)
     if recipients:
         body["recipients"] = recipients
     if list_ids := form.getlist("list_ids"):
@@ -137,7 +128,10 @@ def new_broadcast():
         return _form()
     if request.form.get("step") == "send":
         return _send()
-    body = payload_from(request.form, request.files)
+    try:
+        body = payload_from(request.form, request.files)
+    except BadImport as error:
+        return _form(str(error), 400)
     answer = call("POST", "/v1/broadcasts", json_body={**body, "dry_run": True})
     if answer.ok:
         quote = answer.body
@@ -177,7 +171,9 @@ def _send():
             body=body,
             payload=json.dumps(body),
             recipients_given=len(body.get("recipients", [])),
-            idempotency_key=secrets.token_urlsafe(16),
+            # The same key again: a broadcast the API stored before failing its answer (a
+            # commit, then a 5xx) is found by it, not sent a second time on the next click.
+            idempotency_key=key or secrets.token_urlsafe(16),
             error=answer.message,
         ), answer.status
     return redirect(url_for("console.broadcast", broadcast_id=answer.body["id"]), code=303)

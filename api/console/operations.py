@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from urllib.parse import quote
 
 from flask import (
     Response,
@@ -64,9 +65,14 @@ def _search(prefix: str) -> list[dict]:
 
 
 @bp.route("/opt-outs", methods=["GET", "POST"])
-def opt_outs(error: str | None = None, status: int = 200):
+def opt_outs():
     if request.method == "POST":
         return _change_opt_outs()
+    return _opt_outs_page()
+
+
+def _opt_outs_page(error: str | None = None, status: int = 200):
+    """The list (or a search of it), with a refused change's reason when there is one."""
     query = request.args.get("q", "").strip()
     cursor = request.args.get("cursor")
     page = call("GET", "/v1/opt-outs", query={"limit": str(OPT_OUTS_SHOWN), "cursor": cursor})
@@ -92,10 +98,11 @@ def _change_opt_outs():
     action = request.form.get("action")
     if action == "remove":
         phone = request.form.get("phone", "")
-        answer = call("DELETE", f"/v1/opt-outs/{phone}")
+        # A form value in a path: quoted, so "../keys" or "?x" stays one number, not a route.
+        answer = call("DELETE", f"/v1/opt-outs/{quote(phone, safe='+')}")
         if answer.ok:
             return redirect(url_for("console.opt_outs", done="removed", n=phone), code=303)
-        return opt_outs(error=answer.message, status=answer.status)
+        return _opt_outs_page(error=answer.message, status=answer.status)
     reason = request.form.get("reason", "").strip() or None
     upload = request.files.get("file")
     if action == "import" and upload is not None and upload.filename:
@@ -109,10 +116,10 @@ def _change_opt_outs():
     else:
         phones = [p for p in re.split(r"[\s,;]+", request.form.get("phones", "")) if p]
         if not phones:
-            return opt_outs(error="Enter at least one number.", status=400)
+            return _opt_outs_page(error="Enter at least one number.", status=400)
         answer = call("POST", "/v1/opt-outs", json_body={"phones": phones, "reason": reason})
     if not answer.ok:
-        return opt_outs(error=answer.message, status=answer.status)
+        return _opt_outs_page(error=answer.message, status=answer.status)
     return redirect(
         url_for("console.opt_outs", done="added", n=answer.body["added"], m=answer.body["already"]),
         code=303,
