@@ -135,6 +135,34 @@ def _recipients(numbers: tuple[str, ...], files: tuple[str, ...]) -> list[str]:
     return recipients
 
 
+def _sending_options(command):
+    """What `send` and `mms` both take: how to send, what to watch, how to print."""
+    for option in reversed(
+        [
+            click.option(
+                "--skip-invalid",
+                is_flag=True,
+                help="Send to the valid numbers and count the rest.",
+            ),
+            click.option(
+                "--idempotency-key",
+                help="Resending with the same key returns the same broadcast.",
+            ),
+            click.option(
+                "--send-at", help="Start at this ISO 8601 time with zone (scheduled broadcast)."
+            ),
+            click.option(
+                "--callback-url", help="Where the API POSTs a signed notice once it is final."
+            ),
+            _watch_options,
+            click.option("--json", "as_json", is_flag=True, help="Print the API's JSON."),
+            click.option("-q", "--quiet", is_flag=True, help="Print only the broadcast id."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 def _watch_options(command):
     """--wait, --interval and --max-wait, as every command that can follow a broadcast has."""
     for option in reversed(
@@ -254,13 +282,7 @@ def _submit(
     is_flag=True,
     help="Print the quote (countries, encoding, segments, cost, duration); send nothing.",
 )
-@click.option("--skip-invalid", is_flag=True, help="Send to the valid numbers and count the rest.")
-@click.option("--idempotency-key", help="Resending with the same key returns the same broadcast.")
-@click.option("--send-at", help="Start at this ISO 8601 time with zone (scheduled broadcast).")
-@click.option("--callback-url", help="Where the API POSTs a signed notice once it is final.")
-@_watch_options
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the broadcast id.")
+@_sending_options
 @pass_client
 @click.pass_context
 def send(
@@ -369,13 +391,7 @@ def _upload(client: ApiClient, path: str) -> str:
 )
 @click.option("--media-id", "media_ids", multiple=True, metavar="ID", help="An uploaded media id.")
 @click.option("--sender", help="Sender number (default: the API's).")
-@click.option("--skip-invalid", is_flag=True, help="Send to the valid numbers and count the rest.")
-@click.option("--idempotency-key", help="Resending with the same key returns the same broadcast.")
-@click.option("--send-at", help="Start at this ISO 8601 time with zone (scheduled broadcast).")
-@click.option("--callback-url", help="Where the API POSTs a signed notice once it is final.")
-@_watch_options
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the broadcast id.")
+@_sending_options
 @pass_client
 @click.pass_context
 def mms(

@@ -194,7 +194,16 @@ def country_of(number: str) -> str:
 def price_countries(
     messages: Iterable[tuple[str, int]], kind: str, table: PriceTable
 ) -> tuple[list[dict[str, object]], Decimal, list[str]]:
-    """Per-country recipients, segments and cost of `(number, segments)` pairs.
+    """Per-country recipients, segments and cost of `(number, segments)` pairs."""
+    return price_by_prefix(((number, 1, parts) for number, parts in messages), kind, table)
+
+
+def price_by_prefix(
+    weighted: Iterable[tuple[str, int, int]], kind: str, table: PriceTable
+) -> tuple[list[dict[str, object]], Decimal, list[str]]:
+    """Per-country recipients, segments and cost from (one number, recipients, segments)
+    per number prefix (shared/quotes.py counts them so), so phonenumbers is asked a few
+    times, not once per number.
 
     Returns the countries (most recipients first; `price`/`cost` None where the table has
     no price), the total cost of the priced ones, and the unpriced countries.
@@ -203,9 +212,9 @@ def price_countries(
         raise ValueError(f"kind must be sms or mms, not {kind!r}")
     recipients: dict[str, int] = {}
     segments: dict[str, int] = {}
-    for number, parts in messages:
+    for number, count, parts in weighted:
         country = country_of(number)
-        recipients[country] = recipients.get(country, 0) + 1
+        recipients[country] = recipients.get(country, 0) + count
         segments[country] = segments.get(country, 0) + parts
     countries: list[dict[str, object]] = []
     total = Decimal(0)

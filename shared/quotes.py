@@ -8,10 +8,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from operator import itemgetter
 
-from shared.pricing import PriceTable, country_of, load_price_table, money
+from shared.pricing import load_price_table, money, price_by_prefix
 
 # A country code (at most 3 digits) and 4 national digits: what tells countries that share
 # a code apart (shared/pricing.py), so every number under one such prefix is in one country.
@@ -84,40 +83,6 @@ def weigh(numbers: Sequence[str], segments: int) -> list[tuple[str, int, int]]:
 def weigh_counted(prefixes: Iterable[tuple[str, int]], segments: int) -> list[tuple[str, int, int]]:
     """`weigh` for numbers already counted per prefix, as (one number, recipients)."""
     return [(number, count, count * segments) for number, count in prefixes]
-
-
-def price_by_prefix(
-    weighted: Iterable[tuple[str, int, int]], kind: str, table: PriceTable
-) -> tuple[list[dict], Decimal, list[str]]:
-    """What shared.pricing.price_countries answers, from (number, recipients, segments) per
-    prefix: phonenumbers is asked a few times, not once per number (tens of microseconds
-    each where its answer is not cached)."""
-    recipients: dict[str, int] = {}
-    parts: dict[str, int] = {}
-    for number, count, segments in weighted:
-        country = country_of(number)
-        recipients[country] = recipients.get(country, 0) + count
-        parts[country] = parts.get(country, 0) + segments
-    countries: list[dict] = []
-    total = Decimal(0)
-    unpriced: list[str] = []
-    for country in sorted(recipients, key=lambda name: (-recipients[name], name)):
-        price = table.price(country, kind)
-        cost = None if price is None else price * parts[country]
-        if cost is None:
-            unpriced.append(country)
-        else:
-            total += cost
-        countries.append(
-            {
-                "country": country,
-                "recipients": recipients[country],
-                "segments": parts[country],
-                "price": None if price is None else money(price),
-                "cost": None if cost is None else money(cost),
-            }
-        )
-    return countries, total, unpriced
 
 
 def build_quote(
