@@ -11,14 +11,14 @@ from uuid import UUID
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import sees_all
 from api.broadcast_body import Broadcast as BroadcastBody
 from api.broadcast_body import BroadcastBrief, BroadcastStatusName, brief, full, is_current
-from api.errors import ApiError, int_param
+from api.errors import ApiError, int_param, newest_first_after
 from api.intake import (
     BroadcastRequest,
     check_max_cost,
@@ -301,23 +301,6 @@ def statuses_param(allowed: tuple[str, ...]) -> list[str] | None:
     return None if raw is None else raw.split(",")
 
 
-def _after_cursor():
-    """Broadcasts after the cursor's (older, or as old with a smaller id). The cursor is
-    the last broadcast of the page before; one that matches no broadcast ends the list."""
-    raw = request.args.get("cursor")
-    if raw is None:
-        return None
-    try:
-        broadcast_id = uuid.UUID(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_request", "cursor: not a cursor this API gave out") from None
-    created = select(Broadcast.created_at).where(Broadcast.id == broadcast_id).scalar_subquery()
-    return or_(
-        Broadcast.created_at < created,
-        and_(Broadcast.created_at == created, Broadcast.id < broadcast_id),
-    )
-
-
 @bp.get("")
 @describe("broadcasts", {200: BroadcastPage}, (400,), query=BroadcastQuery)
 def list_broadcasts():
@@ -335,7 +318,7 @@ def list_broadcasts():
         query = query.where(Broadcast.created_at >= after)
     if (before := time_param("created_before")) is not None:
         query = query.where(Broadcast.created_at < before)
-    if (after_cursor := _after_cursor()) is not None:
+    if (after_cursor := newest_first_after(Broadcast)) is not None:
         query = query.where(after_cursor)
     query = query.order_by(Broadcast.created_at.desc(), Broadcast.id.desc()).limit(limit)
     with session_scope(_settings().database_url) as session:

@@ -10,12 +10,12 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import sees_all
-from api.errors import ApiError, field_errors, int_param
+from api.errors import ApiError, field_errors, int_param, newest_first_after
 from api.openapi import CSV, Query, describe, text_param
 from shared.contact_import import (
     INVALID_SHOWN,
@@ -192,22 +192,6 @@ def create_list():
     return response
 
 
-def _after_cursor():
-    """Lists older than the cursor's (or as old with a smaller id), as broadcasts page."""
-    raw = request.args.get("cursor")
-    if raw is None:
-        return None
-    try:
-        list_id = uuid.UUID(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_request", "cursor: not a cursor this API gave out") from None
-    created = select(ContactList.created_at).where(ContactList.id == list_id).scalar_subquery()
-    return or_(
-        ContactList.created_at < created,
-        and_(ContactList.created_at == created, ContactList.id < list_id),
-    )
-
-
 @bp.get("")
 @describe("lists", {200: ListPage}, (400,), query=ListQuery)
 def list_lists():
@@ -216,7 +200,7 @@ def list_lists():
     query = select(ContactList)
     if not sees_all():
         query = query.where(ContactList.api_key_id == g.api_key_id)
-    if (after := _after_cursor()) is not None:
+    if (after := newest_first_after(ContactList)) is not None:
         query = query.where(after)
     query = query.order_by(ContactList.created_at.desc(), ContactList.id.desc()).limit(limit)
     with session_scope(_settings().database_url) as session:

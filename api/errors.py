@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from typing import Any
 
 from flask import Flask, current_app, jsonify, request
 from pydantic import ValidationError
+from sqlalchemy import and_, or_, select
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 # Our bodies nest two or three levels; past this it is an attack on the parser (Python's json
@@ -44,6 +46,21 @@ def int_param(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ApiError(400, "invalid_request", f"{name}: must be between {low} and {high}")
     return value
+
+
+def newest_first_after(model):
+    """The `where` of a newest-first page after the `cursor` parameter (the id of the last
+    row of the page before): rows older than it, or as old with a smaller id. None without
+    a cursor; a cursor that names no row ends the list."""
+    raw = request.args.get("cursor")
+    if raw is None:
+        return None
+    try:
+        row_id = uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", "cursor: not a cursor this API gave out") from None
+    created = select(model.created_at).where(model.id == row_id).scalar_subquery()
+    return or_(model.created_at < created, and_(model.created_at == created, model.id < row_id))
 
 
 def field_errors(error: ValidationError) -> ApiError:
