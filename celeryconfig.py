@@ -11,6 +11,8 @@ from shared.taskqueue import (
     SWEEP_REPORTS,
     SWEEP_REPORTS_EVERY,
     WEBHOOKS_QUEUE,
+    WRITE_AUDIENCES,
+    WRITE_AUDIENCES_EVERY,
 )
 
 _settings = get_settings()
@@ -47,6 +49,7 @@ task_routes = {
     SEND_KEYWORD_REPLY: {"queue": WEBHOOKS_QUEUE},
     SWEEP_REPORTS: {"queue": MAINTENANCE_QUEUE},
     RESOLVE_UNKNOWN: {"queue": MAINTENANCE_QUEUE},
+    WRITE_AUDIENCES: {"queue": MAINTENANCE_QUEUE},
 }
 
 beat_schedule = {
@@ -73,6 +76,12 @@ beat_schedule = {
         "task": RESOLVE_UNKNOWN,
         "schedule": RESOLVE_UNKNOWN_EVERY,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": RESOLVE_UNKNOWN_EVERY * 2},
+    },
+    # Recipients rows of large list broadcasts, written in chunks after their 202.
+    WRITE_AUDIENCES: {
+        "task": WRITE_AUDIENCES,
+        "schedule": WRITE_AUDIENCES_EVERY,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": WRITE_AUDIENCES_EVERY},
     },
 }
 

@@ -222,7 +222,7 @@ def accept(parse, plan):
         broadcast_id=broadcast_id,
         kind=body["kind"],
         recipients=body["counts"]["accepted"],
-        batches=len(batch_ids),
+        batches=body["batches"]["total"],
         api_key_id=g.api_key_id,
     )
     if batch_ids and body["status"] == BroadcastStatus.QUEUED:

@@ -818,6 +818,12 @@ def check_max_cost(plan: Plan, quote: dict) -> None:
         )
 
 
+# Batches whose tasks intake publishes itself. The rest of a broadcast this large is not
+# due for minutes (a thousand numbers a batch at the account's rate), and the reconciler
+# enqueues them in its next pass: publishing 1,000 tasks was 2.6 s of a 1M-contact 202.
+ENQUEUED_AT_INTAKE = 100
+
+
 def write_broadcast(
     session: Session,
     plan: Plan,
@@ -827,9 +833,9 @@ def write_broadcast(
     request_hash: str | None,
 ) -> tuple[uuid.UUID, list[int]]:
     """Broadcast, batches and recipients in the caller's transaction; returns its id and
-    the batch ids to enqueue after commit (not those quiet hours hold). The 202 body is the
-    broadcast as read back in the same transaction (api/broadcast_body.py), so it is the
-    body GET answers."""
+    the batch ids to enqueue after commit (not those quiet hours hold, and at most
+    ENQUEUED_AT_INTAKE). The 202 body is the broadcast as read back in the same transaction
+    (api/broadcast_body.py), so it is the body GET answers."""
     broadcast_id = uuid.uuid4()
     size = settings.batch_size_for(plan.kind)
     now = utcnow()
@@ -896,16 +902,15 @@ def write_broadcast(
     if plan.lists is not None:
         # The lists' contacts go after the request's own numbers, in the same batches.
         list_audience.write_recipients(
-            session, plan.lists, broadcast_id, batch_ids, len(plan.to_send), size, len(plan.skipped)
+            session, plan.lists, broadcast_id, batch_ids, len(plan.to_send), size
         )
     if plan.messages is not None and plan.messages.remember:
         remember_senders(session, plan.messages.remember, now)
-    held = {
+    return broadcast_id, [
         batch_id
         for batch_id, row in zip(batch_ids, batches, strict=True)
-        if row["hold_until"] is not None
-    }
-    return broadcast_id, [batch_id for batch_id in batch_ids if batch_id not in held]
+        if row["hold_until"] is None and row["seq"] < ENQUEUED_AT_INTAKE
+    ]
 
 
 def _chunks(plan: Plan, size: int) -> Iterator[tuple[Group | None, list[int] | range]]:
@@ -931,8 +936,9 @@ def _batch_rows(plan: Plan, size: int, broadcast_id: uuid.UUID, now: datetime) -
             "attempts": 0,
             # Enqueued right after commit (NULL if the broker refuses); a scheduled
             # broadcast's batches wait for the reconciler to start it, and so do batches
-            # held by quiet hours (released when hold_until comes).
-            "enqueued_at": None if plan.send_at else now,
+            # held by quiet hours (released when hold_until comes) and those after the
+            # first ENQUEUED_AT_INTAKE (enqueued by the next reconcile pass).
+            "enqueued_at": None if plan.send_at or seq >= ENQUEUED_AT_INTAKE else now,
             "created_at": now,
             "updated_at": now,
             "sender": None,

@@ -25,6 +25,9 @@ OPTED_OUT = "opted out"
 # The window sort of a million rows spills to disk at the default 4 MB; for this one
 # transaction only, so concurrent intakes cannot add up to much.
 SORT_MEMORY = "128MB"
+# Up to this many accepted contacts a list broadcast's recipients are all rows at the 202;
+# past it they are kept per batch and written after it (shared/audience.py).
+KEEP_ABOVE = 100_000
 
 
 @dataclass
@@ -138,57 +141,63 @@ def write_recipients(
     batch_ids: Sequence[int],
     offset: int,
     size: int,
-    skipped_before: int,
 ) -> None:
     """Insert the audience's recipients, in the caller's transaction: the accepted ones
-    `pending` in batches of `size` after the `offset` recipients given inline, then the
-    opted-out ones `skipped` (`skipped_before` of the broadcast's are already written).
+    `pending` in batches of `size` after the `offset` recipients given inline, and the
+    opted-out ones `skipped`.
+    Past KEEP_ABOVE accepted contacts, the batches wholly made of contacts keep their
+    numbers as `batches.audience` instead, written as rows after the 202 (shared/audience.py).
     Refuses (409) and so rolls everything back if the contacts or opt-outs changed since
     `summarise` counted them: the counts must stay exact."""
     session.execute(text(f"SET LOCAL work_mem = '{SORT_MEMORY}'"))
+    # Contacts numbered up to `rows` become rows; the rest start on a batch boundary.
+    rows = audience.accepted
+    if audience.accepted > KEEP_ABOVE:
+        rows = min(rows, -offset % size)
     params = _params(audience.list_ids, audience.inline) | {
         "sender": audience.sender,
         "broadcast_id": str(broadcast_id),
         "batch_ids": _array(batch_ids),
         "offset": offset,
         "size": size,
+        "rows": rows,
         "pending": RecipientStatus.PENDING,
         "skipped": RecipientStatus.SKIPPED,
         "reason": OPTED_OUT,
     }
     fresh = _fresh(audience.list_ids, bool(audience.inline), ordered=True)
-    # Positions count the accepted and the opted-out apart (PARTITION BY), so an accepted
-    # contact's batch is its place among the accepted, as plan_audience numbers them.
-    written = session.execute(
+    batch = "(CAST(:batch_ids AS bigint[]))[(:offset + n - 1) / :size + 1]"
+    # One statement: the contacts are read, joined and numbered once. An accepted contact's
+    # batch is its place among the accepted, as plan_audience numbers them.
+    written, kept, skipped = session.execute(
         text(
             f"WITH fresh AS ({fresh}), "
             "audience AS ("
-            " SELECT f.phone, f.lpos, f.id, o.phone IS NOT NULL AS opted,"
-            " row_number() OVER (PARTITION BY o.phone IS NOT NULL ORDER BY f.lpos, f.id) AS n"
+            " SELECT f.phone, f.lpos, f.id, o.phone IS NOT NULL AS opted"
             " FROM fresh f LEFT JOIN opt_outs o ON o.phone = f.phone"
-            " WHERE f.phone <> :sender) "
-            "INSERT INTO recipients (broadcast_id, batch_id, phone, status, error_reason)"
-            " SELECT CAST(:broadcast_id AS uuid),"
-            " CASE WHEN opted THEN NULL"
-            " ELSE (CAST(:batch_ids AS bigint[]))[(:offset + n - 1) / :size + 1] END,"
-            " phone,"
-            " CASE WHEN opted THEN :skipped ELSE :pending END,"
-            " CASE WHEN opted THEN :reason END"
-            " FROM audience ORDER BY opted, lpos, id"
+            " WHERE f.phone <> :sender), "
+            "accepted AS ("
+            " SELECT phone, row_number() OVER (ORDER BY lpos, id) AS n"
+            " FROM audience WHERE NOT opted), "
+            "written AS ("
+            " INSERT INTO recipients (broadcast_id, batch_id, phone, status)"
+            f" SELECT CAST(:broadcast_id AS uuid), {batch}, phone, :pending"
+            " FROM accepted WHERE n <= :rows ORDER BY n RETURNING 1), "
+            "kept AS ("
+            " UPDATE batches b SET audience = k.phones"
+            f" FROM (SELECT {batch} AS batch_id, string_agg(phone, ',' ORDER BY n) AS phones,"
+            " count(*) AS n FROM accepted WHERE n > :rows GROUP BY 1) k"
+            " WHERE b.id = k.batch_id RETURNING k.n), "
+            "skipped AS ("
+            " INSERT INTO recipients (broadcast_id, batch_id, phone, status, error_reason)"
+            " SELECT CAST(:broadcast_id AS uuid), NULL, phone, :skipped, :reason"
+            " FROM audience WHERE opted ORDER BY lpos, id RETURNING 1) "
+            "SELECT (SELECT count(*) FROM written), (SELECT coalesce(sum(n), 0) FROM kept),"
+            " (SELECT count(*) FROM skipped)"
         ),
         params,
-    ).rowcount
-    # Counted apart through the (broadcast_id, status) index rather than RETURNING a
-    # million rows: opt-outs are few.
-    skipped = session.scalar(
-        text(
-            "SELECT count(*) FROM recipients WHERE broadcast_id = CAST(:broadcast_id AS uuid) "
-            "AND status = :skipped"
-        ),
-        params,
-    )
-    skipped -= skipped_before
-    if (written - skipped, skipped) != (audience.accepted, audience.skipped):
+    ).one()
+    if (written + kept, skipped) != (audience.accepted, audience.skipped):
         raise ApiError(
             409,
             "conflict",

@@ -18,7 +18,7 @@ import redis
 from sqlalchemy import and_, event, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import timelines
+from shared import audience, timelines
 from shared.config import Settings
 from shared.db import chunked
 from shared.logs import log_event
@@ -265,6 +265,14 @@ def sweep_cancelled(session: Session, broadcast_id: uuid.UUID) -> int:
             # Out of the partial index of held batches too: nothing will release them.
             .values(status=BatchStatus.CANCELLED, hold_until=None, updated_at=now)
             .execution_options(synchronize_session=False)
+        )
+        # Numbers a large list broadcast still keeps as text are written settled.
+        skipped += audience.write(
+            session,
+            chunk,
+            RecipientStatus.SKIPPED,
+            CANCELLED_REASON,
+            batch_status=BatchStatus.CANCELLED,
         )
         skipped += session.execute(
             update(Recipient)

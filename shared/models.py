@@ -158,6 +158,13 @@ class Batch(Base):
             postgresql_where=text("hold_until IS NOT NULL"),
             sqlite_where=text("hold_until IS NOT NULL"),
         ),
+        # Batches whose recipients are not rows yet, found by the writer (shared/audience.py).
+        Index(
+            "ix_batches_audience",
+            "broadcast_id",
+            postgresql_where=text("audience IS NOT NULL"),
+            sqlite_where=text("audience IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -205,6 +212,10 @@ class Batch(Base):
     # the moment they may be texted (the batch waits, `pending`, until then).
     zone: Mapped[str | None] = mapped_column(Text)
     hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The batch's numbers, comma-separated, in send order, while they are not recipients
+    # rows yet: a list broadcast of a million contacts is written this way at intake and
+    # its rows in the background (shared/audience.py). NULL once written.
+    audience: Mapped[str | None] = mapped_column(Text)
 
 
 class Recipient(Base):

@@ -9,7 +9,7 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import timelines
+from shared import audience, timelines
 from shared.config import Settings
 from shared.models import (
     Batch,
@@ -44,6 +44,8 @@ def summarize(session: Session, broadcast: Broadcast) -> dict:
     and what looking messages up at Plivo found (the status sweep, the resolution of
     `unknown` batches)."""
     recipients = _grouped(session, Recipient.status, broadcast.id)
+    if kept := audience.unwritten(session, [broadcast.id]).get(broadcast.id):
+        recipients[RecipientStatus.PENDING] = recipients.get(RecipientStatus.PENDING, 0) + kept
     errors = _grouped(session, Recipient.error_code, broadcast.id)
     batches = _grouped(session, Batch.status, broadcast.id)
     return {

@@ -29,6 +29,9 @@ SWEEP_REPORTS = "sweep_reports"
 SWEEP_REPORTS_EVERY = 5.0
 RESOLVE_UNKNOWN = "resolve_unknown"
 RESOLVE_UNKNOWN_EVERY = 1.0
+# Recipients rows of large list broadcasts, written after their 202 (shared/audience.py).
+WRITE_AUDIENCES = "write_audiences"
+WRITE_AUDIENCES_EVERY = 2.0
 
 celery_app = Celery("bulksms")
 celery_app.config_from_object("celeryconfig")

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from shared.db import session_scope
 from shared.models import Batch, Broadcast, Recipient, utcnow
@@ -219,3 +219,48 @@ def test_new_york_and_berlin_each_go_at_the_end_of_their_own_quiet_hours(campaig
         assert queued >= ends[zone], (zone, queued, ends[zone])
     stats = sandbox_stats(sandbox)
     assert (stats["messages"], stats["duplicates"]) == (4, 0)
+
+
+def test_a_large_list_broadcast_is_sent_whole_from_batches_kept_as_text(
+    campaign, sandbox, monkeypatch
+):
+    """Past KEEP_ABOVE (lowered here) the list's batches are kept as text at intake; beat's
+    writer and the workers turn them into rows. Intake publishes 2 tasks, the reconciler
+    the other 8. Everyone on the list is texted once, the opted-out nobody."""
+    from api import intake, list_audience
+
+    settings, worker, api = campaign
+    monkeypatch.setattr(list_audience, "KEEP_ABOVE", 0)
+    monkeypatch.setattr(intake, "ENQUEUED_AT_INTAKE", 2)
+    numbers = [f"+1415556{i:04d}" for i in range(1000)]
+    opted = numbers[::100]
+    assert api.post("/v1/opt-outs", json={"phones": opted}).status_code in (200, 201)
+    list_id = api.post("/v1/lists", json={"name": "everyone"}).get_json()["id"]
+    added = api.post(f"/v1/lists/{list_id}/contacts", json={"contacts": numbers})
+    assert added.status_code in (200, 201), added.get_json()
+    broadcast_id = post(api, {"list_ids": [list_id], "text": "Big news"})
+    if _postgres(settings):
+        with session_scope(settings.database_url) as session:
+            kept = session.scalars(
+                select(Batch.id).where(
+                    Batch.broadcast_id == uuid.UUID(broadcast_id), Batch.audience.is_not(None)
+                )
+            ).all()
+        assert kept, "the list's batches were not kept as text"
+
+    wait_for(lambda: finished(settings, broadcast_id), timeout=90, message=worker.log_tail())
+
+    sent = set(messages_of(sandbox, settings, broadcast_id))
+    assert sent == set(numbers) - set(opted)
+    stats = sandbox_stats(sandbox)
+    assert (stats["messages"], stats["duplicates"]) == (990, 0)
+    body = api.get(f"/v1/broadcasts/{broadcast_id}").get_json()
+    assert body["recipients"]["total"] == 1000
+    assert body["recipients"]["by_status"].get("skipped") == 10
+    with session_scope(settings.database_url) as session:
+        left = session.scalar(select(func.count()).where(Batch.audience.is_not(None)))
+    assert left == 0
+
+
+def _postgres(settings) -> bool:
+    return settings.database_url.startswith("postgresql")

@@ -6,14 +6,17 @@ on PostgreSQL the SQL path must really be taken (it never loads the contacts).""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
+import redis
 from sqlalchemy import delete, func, select
 
 import api.intake
 import api.list_audience
 from api import create_app
+from shared import audience
 from shared.db import is_postgres, session_scope
 from shared.models import (
     Base,
@@ -26,7 +29,10 @@ from shared.models import (
     Recipient,
     Template,
 )
-from tests.conftest import API_KEY
+from shared.taskqueue import SMS_QUEUE
+from tests.conftest import API_KEY, sandbox_stats
+from workers.reconciler import reconcile
+from workers.sending import deliver_batch
 
 SENDER = "+14155550100"
 ANA, BO = "+14155550101", "+14155550102"
@@ -296,11 +302,14 @@ def test_an_alphanumeric_sender_to_a_list_of_us_numbers_is_refused_on_both_paths
     assert "sender:" in answers[0].get_json()["error"]["message"]
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["rows", "kept"])
 def test_an_opt_out_arriving_during_intake_refuses_it_and_writes_nothing(
-    client, settings, lists, monkeypatch
+    client, settings, lists, monkeypatch, keep
 ):
     if not _postgres(settings.database_url):
         pytest.skip("SQLite resolves lists in Python, in one read")
+    if keep:  # past KEEP_ABOVE, batches of contacts are kept as text: refused alike
+        monkeypatch.setattr(api.list_audience, "KEEP_ABOVE", 0)
     before = every_table(settings.database_url)
     summarise = api.list_audience.summarise
 
@@ -321,3 +330,174 @@ def test_an_opt_out_arriving_during_intake_refuses_it_and_writes_nothing(
     assert "list_ids" in response.get_json()["error"]["message"]
     after = every_table(settings.database_url)
     assert after == before | {"opt_outs": before["opt_outs"] + 1}
+
+
+# A list broadcast past api.list_audience.KEEP_ABOVE accepted contacts keeps whole batches'
+# numbers as `batches.audience` and writes their rows after the 202 (shared/audience.py).
+# KEEP_ABOVE is lowered to 0 here so these few contacts take that path.
+KEPT_BODY_INLINE = [ANA]
+# ANA inline, then list A (C1, BO, C2, LONDON, C3; OPT_A opted out), then list B's new ones.
+KEPT_BATCHES = [[ANA, C1, BO], [C2, LONDON, C3], [C4, C5]]
+
+
+@pytest.fixture()
+def keeping(settings, monkeypatch):
+    if not _postgres(settings.database_url):
+        pytest.skip("only PostgreSQL keeps audiences (SQLite resolves lists in Python)")
+    monkeypatch.setattr(api.list_audience, "KEEP_ABOVE", 0)
+
+
+def _kept_body(lists: list[str]) -> dict:
+    return {"recipients": KEPT_BODY_INLINE, "list_ids": [lists[0], lists[1], lists[0]],
+            "text": "Hello"}  # fmt: skip
+
+
+def kept(database_url: str, broadcast_id: str) -> list[str | None]:
+    with session_scope(database_url) as session:
+        return list(
+            session.scalars(
+                select(Batch.audience)
+                .where(Batch.broadcast_id == uuid.UUID(broadcast_id))
+                .order_by(Batch.seq)
+            )
+        )
+
+
+def write_all(database_url: str) -> int:
+    return audience.write_for(lambda: session_scope(database_url))
+
+
+def test_a_large_list_broadcast_keeps_whole_batches_as_text_and_counts_them_pending(
+    client, settings, lists, monkeypatch, keeping
+):
+    response = post(client, monkeypatch, settings.database_url, True, _kept_body(lists))
+
+    assert response.status_code == 202, response.get_json()
+    answer = response.get_json()
+    assert answer["counts"] == {
+        "accepted": 8, "invalid": 0, "duplicates": 2, "skipped": 2, "rejected": 0
+    }  # fmt: skip
+    assert answer["recipients"] == {"total": 10, "by_status": {"pending": 8, "skipped": 2}}
+    # The batch shared with the request's own number is rows; the two after it are text.
+    result = written(settings.database_url, answer["id"])
+    assert [batch["phones"] for batch in result["batches"]] == [KEPT_BATCHES[0], [], []]
+    assert kept(settings.database_url, answer["id"]) == [
+        None, ",".join(KEPT_BATCHES[1]), ",".join(KEPT_BATCHES[2])
+    ]  # fmt: skip
+    assert [batch["size"] for batch in result["batches"]] == [3, 3, 2]
+    assert result["unbatched"] == [(OPT_A, "skipped", "opted out"), (OPT_B, "skipped", "opted out")]
+    assert client.get(f"/v1/broadcasts/{answer['id']}").get_json()["recipients"] == answer[
+        "recipients"
+    ]
+
+
+def test_written_in_the_background_the_rows_are_those_the_python_path_writes(
+    client, settings, lists, monkeypatch, keeping
+):
+    body = _kept_body(lists)
+    sql = post(client, monkeypatch, settings.database_url, True, body).get_json()
+    python = post(client, monkeypatch, settings.database_url, False, body).get_json()
+
+    assert write_all(settings.database_url) == 5
+    assert write_all(settings.database_url) == 0
+
+    assert kept(settings.database_url, sql["id"]) == [None, None, None]
+    result = written(settings.database_url, sql["id"])
+    assert result == written(settings.database_url, python["id"])
+    assert [batch["phones"] for batch in result["batches"]] == KEPT_BATCHES
+    after = client.get(f"/v1/broadcasts/{sql['id']}").get_json()
+    assert after["recipients"] == sql["recipients"] == python["recipients"]
+
+
+def test_each_kept_batch_texts_its_numbers_once_and_not_who_opted_out_since(
+    client, settings, lists, monkeypatch, keeping, sandbox
+):
+    answer = post(client, monkeypatch, settings.database_url, True, _kept_body(lists)).get_json()
+    with session_scope(settings.database_url) as session:
+        session.add(OptOut(phone=C4, source="test"))  # a STOP after intake, before sending
+        ids = list(session.scalars(select(Batch.id).order_by(Batch.seq)))
+
+    # The last batch goes first, then the rest, then all again (duplicate tasks).
+    for batch_id in [ids[2], ids[0], ids[1], *ids]:
+        deliver_batch(settings, batch_id)
+
+    stats = sandbox_stats(sandbox)
+    texted = sorted(KEPT_BATCHES[0] + KEPT_BATCHES[1] + [C5])
+    assert sorted(f"+{number}" for number in stats["sends"]) == texted
+    assert (stats["messages"], stats["duplicates"]) == (7, 0)
+    body = client.get(f"/v1/broadcasts/{answer['id']}").get_json()
+    assert body["recipients"]["by_status"] == {"queued": 7, "skipped": 3}
+    assert kept(settings.database_url, answer["id"]) == [None, None, None]
+
+
+def test_two_writers_of_one_kept_batch_write_it_once(
+    client, settings, lists, monkeypatch, keeping
+):
+    answer = post(client, monkeypatch, settings.database_url, True, _kept_body(lists)).get_json()
+    with session_scope(settings.database_url) as session:
+        batch_id = session.scalar(select(Batch.id).where(Batch.seq == 1))
+    second: list[int] = []
+    with session_scope(settings.database_url) as first:
+        assert audience.write(first, [batch_id]) == 3
+        # Another transaction (the background writer, a worker) waits for this one...
+        other = threading.Thread(
+            target=lambda: second.append(_write_one(settings.database_url, batch_id))
+        )
+        other.start()
+        other.join(timeout=1)
+        assert other.is_alive()
+    # ...and, once it committed, finds nothing left to write.
+    other.join(timeout=30)
+    assert second == [0]
+    result = written(settings.database_url, answer["id"])
+    assert result["batches"][1]["phones"] == KEPT_BATCHES[1]
+
+
+def _write_one(database_url: str, batch_id: int) -> int:
+    with session_scope(database_url) as session:
+        return audience.write(session, [batch_id])
+
+
+def test_cancelling_writes_the_kept_numbers_as_skipped(
+    client, settings, lists, monkeypatch, keeping
+):
+    answer = post(client, monkeypatch, settings.database_url, True, _kept_body(lists)).get_json()
+
+    cancelled = client.post(f"/v1/broadcasts/{answer['id']}/cancel")
+
+    assert cancelled.status_code == 200, cancelled.get_json()
+    assert kept(settings.database_url, answer["id"]) == [None, None, None]
+    body = client.get(f"/v1/broadcasts/{answer['id']}").get_json()
+    assert body["status"] == "cancelled"
+    assert body["recipients"] == {"total": 10, "by_status": {"skipped": 10}}
+    with session_scope(settings.database_url) as session:
+        reasons = session.execute(
+            select(Recipient.phone, Recipient.error_reason).where(Recipient.batch_id.is_not(None))
+        ).all()
+    expected = [(phone, "cancelled") for batch in KEPT_BATCHES for phone in batch]
+    assert sorted(reasons) == sorted(expected)
+
+
+def test_intake_enqueues_the_first_batches_and_the_reconciler_the_rest(
+    client, settings, monkeypatch, redis_url
+):
+    monkeypatch.setattr(api.intake, "ENQUEUED_AT_INTAKE", 2)
+    broker = redis.Redis.from_url(redis_url)
+    broker.delete(SMS_QUEUE)
+    numbers = [f"+1415555{i:04d}" for i in range(300, 313)]  # 13 numbers, batches of 3
+
+    response = client.post("/v1/broadcasts", json={"recipients": numbers, "text": "Hello"})
+
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["batches"]["total"] == 5
+    assert broker.llen(SMS_QUEUE) == 2
+    with session_scope(settings.database_url) as session:
+        waiting = session.scalars(
+            select(Batch.seq).where(Batch.enqueued_at.is_(None)).order_by(Batch.seq)
+        ).all()
+    assert waiting == [2, 3, 4]
+
+    assert reconcile(settings)["enqueued"] == 3
+
+    assert broker.llen(SMS_QUEUE) == 5
+    broker.delete(SMS_QUEUE)

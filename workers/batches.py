@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, bindparam, exists, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from shared import audience
 from shared.db import chunked, is_postgres
 from shared.lifecycle import sweep_cancelled
 from shared.models import (
@@ -98,6 +99,8 @@ def _fenced(batch_id: int, token: str):
 def load_job(session: Session, batch_id: int) -> Job:
     """The batch's pending recipients; anyone who opted out since intake is skipped now.
     A batch of a pooled or personalised broadcast sends its own sender and text."""
+    # A large list broadcast's batch may still keep its numbers as text: rows first.
+    audience.write(session, [batch_id])
     batch = session.get(Batch, batch_id)
     broadcast = session.get(Broadcast, batch.broadcast_id)
     rows = session.execute(

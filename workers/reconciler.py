@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import lifecycle, metrics
+from shared import audience, lifecycle, metrics
 from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.logs import log_event
@@ -24,6 +24,7 @@ from shared.taskqueue import (
     RESOLVE_UNKNOWN,
     SWEEP_REPORTS,
     WEBHOOKS_QUEUE,
+    WRITE_AUDIENCES,
     EnqueueError,
     celery_app,
     enqueue_batches,
@@ -260,3 +261,9 @@ def sweep_reports_task() -> dict[str, int]:
 @celery_app.task(name=RESOLVE_UNKNOWN, queue=MAINTENANCE_QUEUE, ignore_result=True)
 def resolve_unknown_task() -> dict[str, int]:
     return resolution.resolve(get_settings())
+
+
+@celery_app.task(name=WRITE_AUDIENCES, queue=MAINTENANCE_QUEUE, ignore_result=True)
+def write_audiences_task() -> int:
+    url = get_settings().database_url
+    return audience.write_for(lambda: session_scope(url))

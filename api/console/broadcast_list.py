@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 
 from api.console import bp
 from api.console.calls import call
+from shared import audience
 from shared.db import session_scope
-from shared.models import Batch, BroadcastStatus, Recipient, utcnow
+from shared.models import Batch, BroadcastStatus, Recipient, RecipientStatus, utcnow
 from shared.progress import eta_seconds, progress
 
 PAGE_SIZE = 25
@@ -72,6 +73,9 @@ def tallies(session, ids: list[UUID]) -> dict[str, dict[str, int]]:
     ).all()
     for broadcast_id, status, count in rows:
         found[str(broadcast_id)][status] = count
+    for broadcast_id, count in audience.unwritten(session, ids).items():
+        counts = found[str(broadcast_id)]
+        counts[RecipientStatus.PENDING] = counts.get(RecipientStatus.PENDING, 0) + count
     return found
 
 
