@@ -169,7 +169,7 @@ def write_recipients(
     batch = "(CAST(:batch_ids AS bigint[]))[(:offset + n - 1) / :size + 1]"
     # One statement: the contacts are read, joined and numbered once. An accepted contact's
     # batch is its place among the accepted, as plan_audience numbers them.
-    written, kept, skipped = session.execute(
+    numbered, written, kept, skipped = session.execute(
         text(
             f"WITH fresh AS ({fresh}), "
             "audience AS ("
@@ -192,12 +192,14 @@ def write_recipients(
             " INSERT INTO recipients (broadcast_id, batch_id, phone, status, error_reason)"
             " SELECT CAST(:broadcast_id AS uuid), NULL, phone, :skipped, :reason"
             " FROM audience WHERE opted ORDER BY lpos, id RETURNING 1) "
-            "SELECT (SELECT count(*) FROM written), (SELECT coalesce(sum(n), 0) FROM kept),"
-            " (SELECT count(*) FROM skipped)"
+            "SELECT (SELECT count(*) FROM accepted), (SELECT count(*) FROM written),"
+            " (SELECT coalesce(sum(n), 0) FROM kept), (SELECT count(*) FROM skipped)"
         ),
         params,
     ).one()
-    if (written + kept, skipped) != (audience.accepted, audience.skipped):
+    # `numbered` too: a contact added since counting that numbers past the last batch
+    # would be neither written nor kept (its batch id is NULL) and the sums still match.
+    if (numbered, written + kept, skipped) != (audience.accepted,) * 2 + (audience.skipped,):
         raise ApiError(
             409,
             "conflict",

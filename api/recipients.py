@@ -13,8 +13,10 @@ from sqlalchemy import select
 
 from api.broadcasts import load, parse_id, statuses_param
 from api.csv_cells import phone_cell, text_cell
-from api.errors import int_param
+from api.errors import ApiError, int_param
+from api.list_audience import KEEP_ABOVE
 from api.openapi import CSV, ID_CURSOR, Query, describe, id_cursor, text_param
+from shared import audience
 from shared.db import session_scope
 from shared.models import Batch
 from shared.models import Recipient as RecipientRow
@@ -68,7 +70,11 @@ class Recipient(BaseModel):
 
 
 class RecipientPage(BaseModel):
-    items: list[Recipient] = Field(description="In the order they were given")
+    items: list[Recipient] = Field(
+        description="In the order they were given. A list broadcast of more than "
+        f"{KEEP_ABOVE:,} contacts has its recipients written after its 202: until then a "
+        "listing that includes `pending` answers 409 (its counts are complete at once)"
+    )
     next_cursor: str | None = Field(description="For the next page; null on the last one")
 
 
@@ -152,7 +158,7 @@ def _json_cells(cells: list) -> list:
 @describe(
     "broadcasts",
     {200: RecipientPage},
-    (400, 404),
+    (400, 404, 409),
     query=RecipientQuery,
     extra={"responses": {"200": {"content": {"text/csv": CSV}}}},
 )
@@ -163,9 +169,21 @@ def list_recipients(broadcast_id: str):
     streamed as it is read: phone, status, message_uuid, error_code, error_reason, units,
     updated_at, sender, send_after."""
     bid = parse_id(broadcast_id)
+    statuses = statuses_param(STATUSES)
     with session_scope(current_app.config["SETTINGS"].database_url) as session:
         default_sender = load(session, broadcast_id).sender
-    statuses = statuses_param(STATUSES)
+        # Rows still being written appear out of id order: a page (or CSV) read now could
+        # skip some for good. Only pending ones are kept (all of them are pending).
+        if statuses is None or "pending" in statuses:
+            if kept := audience.unwritten(session, [bid]).get(bid):
+                raise ApiError(
+                    409,
+                    "not_ready",
+                    f"recipients: {kept:,} of this broadcast's recipients are still being "
+                    f"written (a list broadcast of more than {KEEP_ABOVE:,} contacts is written "
+                    "after its 202, a million in about 20 s); ask again in a few seconds, or "
+                    "ask for statuses other than pending",
+                )
     wanted = text_param("format", "json|csv", "must be json or csv")
     if wanted == "csv" or (wanted is None and request.accept_mimetypes.best == "text/csv"):
         filename = f"broadcast-{bid}-recipients.csv"

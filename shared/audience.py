@@ -14,11 +14,11 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, text
+from sqlalchemy import String, func, literal, select, text, union_all
 from sqlalchemy.orm import Session
 
 from shared.db import is_postgres
-from shared.models import Batch, BatchStatus, RecipientStatus
+from shared.models import Batch, BatchStatus, Recipient, RecipientStatus
 
 # Batches per transaction of the background writer, and how long one run goes on: it
 # shares the one-process events worker with delivery reports and the reconciler, so a run
@@ -93,8 +93,8 @@ def write_for(session_factory, seconds: float = WRITE_SECONDS) -> int:
 
 
 def unwritten(session: Session, broadcast_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """Recipients still kept as audiences, per broadcast: all `pending` (a batch leaves
-    `pending` only after its audience is written)."""
+    """Recipients still kept as audiences, per broadcast: all `pending` (not one of them
+    has been sent: a batch's task writes them before it sends)."""
     if not broadcast_ids:
         return {}
     rows = session.execute(
@@ -103,3 +103,28 @@ def unwritten(session: Session, broadcast_ids: Sequence[uuid.UUID]) -> dict[uuid
         .group_by(Batch.broadcast_id)
     ).all()
     return {broadcast_id: int(count) for broadcast_id, count in rows}
+
+
+def recipients_by_status(
+    session: Session, broadcast_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, int]]:
+    """Recipients by status of each broadcast, those still kept as text counted `pending`,
+    in one statement: one snapshot, so a batch written meanwhile counts once, as text or
+    as rows, never neither."""
+    found: dict[uuid.UUID, dict[str, int]] = {broadcast_id: {} for broadcast_id in broadcast_ids}
+    if not broadcast_ids:
+        return found
+    rows = (
+        select(Recipient.broadcast_id, Recipient.status, func.count())
+        .where(Recipient.broadcast_id.in_(broadcast_ids))
+        .group_by(Recipient.broadcast_id, Recipient.status)
+    )
+    kept = (
+        select(Batch.broadcast_id, literal(RecipientStatus.PENDING, String), func.sum(Batch.size))
+        .where(Batch.broadcast_id.in_(broadcast_ids), Batch.audience.is_not(None))
+        .group_by(Batch.broadcast_id)
+    )
+    for broadcast_id, status, count in session.execute(union_all(rows, kept)):
+        counts = found[broadcast_id]
+        counts[status] = counts.get(status, 0) + int(count)
+    return found

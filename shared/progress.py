@@ -43,9 +43,7 @@ def summarize(session: Session, broadcast: Broadcast) -> dict:
     """Status, intake counts, recipients by status and by error code, batches by status,
     and what looking messages up at Plivo found (the status sweep, the resolution of
     `unknown` batches)."""
-    recipients = _grouped(session, Recipient.status, broadcast.id)
-    if kept := audience.unwritten(session, [broadcast.id]).get(broadcast.id):
-        recipients[RecipientStatus.PENDING] = recipients.get(RecipientStatus.PENDING, 0) + kept
+    recipients = audience.recipients_by_status(session, [broadcast.id])[broadcast.id]
     errors = _grouped(session, Recipient.error_code, broadcast.id)
     batches = _grouped(session, Batch.status, broadcast.id)
     return {

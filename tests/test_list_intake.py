@@ -332,6 +332,34 @@ def test_an_opt_out_arriving_during_intake_refuses_it_and_writes_nothing(
     assert after == before | {"opt_outs": before["opt_outs"] + 1}
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["rows", "kept"])
+def test_a_contact_added_during_intake_refuses_it_even_when_batches_come_out_full(
+    client, settings, lists, monkeypatch, keep
+):
+    if not _postgres(settings.database_url):
+        pytest.skip("SQLite resolves lists in Python, in one read")
+    if keep:
+        monkeypatch.setattr(api.list_audience, "KEEP_ABOVE", 0)
+    before = every_table(settings.database_url)
+    summarise = api.list_audience.summarise
+
+    def then_someone_is_added(session, *args, **kwargs):
+        audience = summarise(session, *args, **kwargs)
+        # 9 accepted fill 3 batches of 3 exactly: the new one would number past the last.
+        with session_scope(settings.database_url) as other:
+            other.add(Contact(list_id=uuid.UUID(lists[1]), phone="+16175550177"))
+        return audience
+
+    monkeypatch.setattr(api.list_audience, "summarise", then_someone_is_added)
+
+    response = client.post(
+        "/v1/broadcasts", json={"recipients": INLINE, "list_ids": lists, "text": "Hello"}
+    )
+
+    assert response.status_code == 409, response.get_json()
+    after = every_table(settings.database_url)
+    assert after == before | {"contacts": before["contacts"] + 1}
+
 # A list broadcast past api.list_audience.KEEP_ABOVE accepted contacts keeps whole batches'
 # numbers as `batches.audience` and writes their rows after the 202 (shared/audience.py).
 # KEEP_ABOVE is lowered to 0 here so these few contacts take that path.
@@ -501,3 +529,24 @@ def test_intake_enqueues_the_first_batches_and_the_reconciler_the_rest(
 
     assert broker.llen(SMS_QUEUE) == 5
     broker.delete(SMS_QUEUE)
+
+
+def test_the_recipients_listing_waits_until_kept_batches_are_written(
+    client, settings, lists, monkeypatch, keeping
+):
+    answer = post(client, monkeypatch, settings.database_url, True, _kept_body(lists)).get_json()
+    listing = f"/v1/broadcasts/{answer['id']}/recipients"
+
+    for query in ("", "?status=pending,failed", "?format=csv"):
+        early = client.get(listing + query)
+        assert early.status_code == 409, query
+        assert early.get_json()["error"]["message"].startswith("recipients: 5 of this")
+    skipped = client.get(listing + "?status=skipped").get_json()["items"]
+    assert sorted(item["phone"] for item in skipped) == [OPT_A, OPT_B]
+
+    write_all(settings.database_url)
+
+    items = client.get(listing + "?limit=100").get_json()["items"]
+    batched = [item["phone"] for item in items if item["status"] == "pending"]
+    assert batched == [phone for batch in KEPT_BATCHES for phone in batch]
+    assert client.get(listing + "?format=csv").status_code == 200
