@@ -48,17 +48,23 @@ def int_param(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def newest_first_after(model):
-    """The `where` of a newest-first page after the `cursor` parameter (the id of the last
-    row of the page before): rows older than it, or as old with a smaller id. None without
-    a cursor; a cursor that names no row ends the list."""
+def uuid_cursor() -> uuid.UUID | None:
+    """The `cursor` parameter when it is the id of the last row of the page before."""
     raw = request.args.get("cursor")
     if raw is None:
         return None
     try:
-        row_id = uuid.UUID(raw)
+        return uuid.UUID(raw)
     except ValueError:
         raise ApiError(400, "invalid_request", "cursor: not a cursor this API gave out") from None
+
+
+def newest_first_after(model):
+    """The `where` of a newest-first page after the `cursor` parameter (the id of the last
+    row of the page before): rows older than it, or as old with a smaller id. None without
+    a cursor; a cursor that names no row ends the list."""
+    if (row_id := uuid_cursor()) is None:
+        return None
     created = select(model.created_at).where(model.id == row_id).scalar_subquery()
     return or_(model.created_at < created, and_(model.created_at == created, model.id < row_id))
 

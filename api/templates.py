@@ -13,7 +13,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from api.auth import sees_all
-from api.errors import ApiError, field_errors, int_param
+from api.errors import ApiError, field_errors, int_param, uuid_cursor
 from api.openapi import Query, describe
 from shared.db import session_scope
 from shared.encoding import measure, too_long
@@ -189,13 +189,8 @@ def list_templates():
 def _after_cursor():
     """Templates after the cursor's by name, then id: names repeat across keys, and the
     admin key lists every key's."""
-    raw = request.args.get("cursor")
-    if raw is None:
+    if (template_id := uuid_cursor()) is None:
         return None
-    try:
-        template_id = uuid.UUID(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_request", "cursor: not a cursor this API gave out") from None
     name = select(Template.name).where(Template.id == template_id).scalar_subquery()
     return or_(Template.name > name, and_(Template.name == name, Template.id > template_id))
 

@@ -56,9 +56,9 @@ from shared.taskqueue import SMS_QUEUE  # noqa: E402
 from tests import services  # noqa: E402
 
 API_KEY = "bench-key"
-TARGET = ("postgresql", 100_000, 2.0)
+TARGET = ("postgresql", 100_000, 2.0)  # database, recipients, median seconds
 # How long the background writer of kept batches is timed for after the list runs.
-WRITER_SECONDS = 10.0  # database, recipients, median seconds
+WRITER_SECONDS = 10.0
 # Functions timed inside every POST, in call order; "commit" comes from the session wrapper.
 STAGES = [
     ("api.broadcasts", "_read_json", "read body + json.loads"),
